@@ -1,0 +1,163 @@
+"""The manifest of a packed dataset: what every file is, and which tar part holds it.
+
+A packed dataset on the remote is a folder::
+
+    manifest.json                       written last: its presence means the dataset is complete
+    parts/000/part-000000-<id>.tar[.zst]
+
+Parts are at most ``part_size`` bytes (Drive gets into quota trouble above ~5 GB) and at most
+``PARTS_PER_FOLDER`` share a folder.  A file larger than a part is split into segments, each a
+tar member carrying its offset, so every part stays a valid tar.  File hashes are SHA-256;
+part hashes are MD5 because that is what Drive and S3 report, so an upload is verified without
+reading it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from .errors import ManifestError
+
+FORMAT = "colab_magics/packed-dataset"
+VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PARTS_PER_FOLDER = 1000
+DEFAULT_PART_SIZE = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``length`` bytes of a file at ``offset``, stored in part number ``part``."""
+
+    part: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # "/"-separated, relative; non-UTF-8 bytes kept as surrogate escapes
+    size: int
+    mode: int
+    mtime_ns: int
+    sha256: str
+    segments: tuple[Segment, ...]
+
+    def stat_key(self) -> tuple[str, int, int, int]:
+        """What must match for an unchanged file (rsync's quick check, plus the mode)."""
+        return (self.path, self.size, self.mtime_ns, self.mode)
+
+
+@dataclass(frozen=True)
+class LinkEntry:
+    path: str
+    target: str
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    path: str
+    mode: int
+
+
+@dataclass(frozen=True)
+class PartEntry:
+    name: str  # path relative to the dataset folder
+    size: int
+    md5: str
+    members: int
+
+
+@dataclass
+class Manifest:
+    compression: str  # "none" or "zstd"
+    files: list[FileEntry] = field(default_factory=list)
+    dirs: list[DirEntry] = field(default_factory=list)
+    links: list[LinkEntry] = field(default_factory=list)
+    parts: list[PartEntry] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self) -> bytes:
+        data = {"format": FORMAT, "version": VERSION, **asdict(self)}
+        return json.dumps(data, indent=0, sort_keys=True).encode("ascii")
+
+    def files_in_part(self, index: int) -> dict[str, tuple[FileEntry, Segment]]:
+        """Members expected in part ``index``, by path."""
+        found = {}
+        for f in self.files:
+            for seg in f.segments:
+                if seg.part == index:
+                    found[f.path] = (f, seg)
+        return found
+
+    @classmethod
+    def from_json(cls, raw: bytes, where: str) -> "Manifest":
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ManifestError(f"{where}: manifest.json is not valid JSON ({exc}); re-push the dataset") from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ManifestError(f"{where}: manifest.json is not a colab_magics packed-dataset manifest")
+        version = data.get("version")
+        if not isinstance(version, int) or version > VERSION:
+            raise ManifestError(
+                f"{where}: packed with a newer colab_magics (format {version}, this one reads {VERSION}); "
+                "pip install --upgrade colab_magics"
+            )
+        try:
+            return cls(
+                compression=_choice(data["compression"], ("none", "zstd")),
+                files=[
+                    FileEntry(
+                        path=_rel(f["path"]),
+                        size=_count(f["size"]),
+                        mode=_count(f["mode"]),
+                        mtime_ns=int(f["mtime_ns"]),
+                        sha256=str(f["sha256"]),
+                        segments=tuple(Segment(**s) for s in f["segments"]),
+                    )
+                    for f in data["files"]
+                ],
+                dirs=[DirEntry(_rel(d["path"]), _count(d["mode"])) for d in data["dirs"]],
+                links=[LinkEntry(_rel(link["path"]), str(link["target"])) for link in data["links"]],
+                parts=[
+                    PartEntry(str(p["name"]), _count(p["size"]), str(p["md5"]), _count(p["members"]))
+                    for p in data["parts"]
+                ],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"{where}: manifest.json is malformed ({exc!r}); re-push the dataset") from exc
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_json()).hexdigest()
+
+
+def _choice(value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown value {value!r}")
+    return str(value)
+
+
+def _count(value: object) -> int:
+    if not isinstance(value, int) or value < 0:
+        raise ValueError(f"bad number {value!r}")
+    return value
+
+
+def _rel(path: object) -> str:
+    """A safe relative path, or ValueError (the extractor checks again at write time)."""
+    if not isinstance(path, str) or not path or path.startswith("/") or "\x00" in path:
+        raise ValueError(f"bad path {path!r}")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise ValueError(f"bad path {path!r}")
+    return path
+
+
+def part_name(index: int, push_id: str, compression: str) -> str:
+    suffix = ".tar.zst" if compression == "zstd" else ".tar"
+    return f"parts/{index // PARTS_PER_FOLDER:03d}/part-{index:06d}-{push_id}{suffix}"

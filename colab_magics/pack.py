@@ -1,0 +1,128 @@
+"""Writing tar parts: planning which file bytes go in which part, and streaming a part out.
+
+Parts are deterministic for the same files (sorted order, uid/gid 0, whole-second mtimes), so a
+part whose files did not change can be kept on the remote as it is.  Each file is read once:
+its SHA-256 is computed while it streams into the part, and its ``stat`` after reading must
+equal the one planned with, or the file was changing and is reported instead of recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass
+from typing import IO, Callable
+
+from .errors import BadInput, SourceChanged
+from .localtree import FileStat
+
+BLOCK = 512
+_END = 2 * BLOCK + 20 * BLOCK  # end-of-archive blocks plus record padding
+
+
+@dataclass(frozen=True)
+class Piece:
+    """``length`` bytes of ``file`` from ``offset``: one tar member of a part."""
+
+    file: FileStat
+    offset: int
+    length: int
+
+    @property
+    def whole(self) -> bool:
+        return self.offset == 0 and self.length == self.file.size
+
+
+def _round(n: int) -> int:
+    return -(-n // BLOCK) * BLOCK
+
+
+def _header(path: str) -> int:
+    raw = os.fsencode(path)
+    simple = len(raw) <= 100 and raw.isascii()
+    return BLOCK if simple else 3 * BLOCK + _round(len(raw) + 64)
+
+
+def plan(files: list[FileStat], part_size: int) -> list[list[Piece]]:
+    """Group files into parts of at most ``part_size`` bytes; larger files are split."""
+    if part_size < 64 * 1024:
+        raise BadInput(f"part size {part_size:,} bytes is too small; use at least 64 KiB (default 4 GiB)")
+    parts: list[list[Piece]] = [[]]
+    used = _END
+    for f in files:
+        cost = _header(f.path) + _round(f.size)
+        if used + cost <= part_size:
+            parts[-1].append(Piece(f, 0, f.size))
+            used += cost
+            continue
+        if parts[-1]:
+            parts.append([])
+            used = _END
+        offset = 0
+        while True:
+            room = (part_size - used - _header(f.path)) // BLOCK * BLOCK
+            take = min(f.size - offset, room)
+            parts[-1].append(Piece(f, offset, take))
+            used += _header(f.path) + _round(take)
+            offset += take
+            if offset >= f.size:
+                break
+            parts.append([])
+            used = _END
+    return [p for p in parts if p] or [[]]
+
+
+class _Slice:
+    """Reads ``length`` bytes of an open file from its current position, hashing them."""
+
+    def __init__(self, fh: IO[bytes], length: int, digest: "hashlib._Hash") -> None:
+        self.fh = fh
+        self.left = length
+        self.digest = digest
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.fh.read(n)
+        self.left -= len(data)
+        self.digest.update(data)
+        return data
+
+
+def write_part(
+    pieces: list[Piece],
+    root: str,
+    sink: IO[bytes],
+    digests: dict[str, "hashlib._Hash"],
+    on_bytes: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Stream ``pieces`` as one tar into ``sink``; returns paths that changed while being read.
+
+    ``digests`` carries each file's SHA-256 across parts for files split in several.
+    """
+    changed: list[str] = []
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20) as tf:
+        for piece in pieces:
+            f = piece.file
+            info = tarfile.TarInfo(f.path)
+            info.size = piece.length
+            info.mode = f.mode
+            info.mtime = f.mtime_ns // 10**9
+            digest = digests.setdefault(f.path, hashlib.sha256())
+            path = os.path.join(root, f.path)
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(piece.offset)
+                    tf.addfile(info, _Slice(fh, piece.length, digest))
+                    st = os.fstat(fh.fileno())
+                if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
+                    changed.append(f.path)
+            except FileNotFoundError:
+                raise SourceChanged(f"{path} disappeared while it was being packed; push again") from None
+            except OSError as exc:
+                if "unexpected end of data" not in str(exc):
+                    raise
+                raise SourceChanged(f"{path} shrank while it was being packed; push again once it is written") from None
+            if on_bytes is not None:
+                on_bytes(piece.length)
+    return changed

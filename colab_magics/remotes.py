@@ -1,0 +1,123 @@
+"""Remote paths: the default root, name resolution, and what a remote can do.
+
+Any rclone path works (``gdrive:colab``, ``s3:bucket/x``, ``/mnt/backup``).  With no setting,
+the root is the mounted Drive on Colab, or else an embedded local folder, so everything works
+with zero configuration.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import posixpath
+from dataclasses import dataclass
+
+import platformdirs
+
+from .errors import BadInput
+from .runner import Rclone
+
+COLAB_DRIVE = "/content/drive/MyDrive"
+
+# Backends whose uploads appear only when complete (objects committed at the end).
+_ATOMIC_TYPES = {"s3", "drive", "google cloud storage", "gcs", "azureblob", "b2", "swift", "box"}
+
+
+def default_root() -> str:
+    """``COLAB_MAGICS_REMOTE``, else Drive on Colab, else a local folder in the user data dir."""
+    configured = os.environ.get("COLAB_MAGICS_REMOTE", "").strip()
+    if configured:
+        return configured
+    if os.path.isdir(COLAB_DRIVE):
+        return COLAB_DRIVE + "/colab_magics"
+    return os.path.join(platformdirs.user_data_dir("colab_magics"), "remote")
+
+
+def resolve(name: str, root: str | None = None) -> str:
+    """The rclone path for ``name``: as given if it has ``:`` or starts with ``/``, else under the root."""
+    name = os.fspath(name)
+    if not name.strip():
+        raise BadInput("the remote path is empty; give a name such as datasets/flowers or gdrive:data")
+    if ":" in name or name.startswith("/"):
+        return name
+    return join(root or default_root(), name)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join rclone path pieces with ``/`` (``remote:`` + ``x`` gives ``remote:x``)."""
+    path = base
+    for part in parts:
+        part = part.strip("/")
+        if not part:
+            continue
+        path = path + part if path.endswith((":", "/")) else path + "/" + part
+    return path
+
+
+def basename(path: str) -> str:
+    """Last component of a local or remote path (``gdrive:a/b/`` gives ``b``)."""
+    tail = path.split(":", 1)[1] if is_remote(path) else path
+    return posixpath.basename(tail.rstrip("/"))
+
+
+def is_remote(path: str) -> bool:
+    """True for ``name:...`` paths, False for local paths (which rclone also accepts)."""
+    if path.startswith("/") or ":" not in path:
+        return False
+    head = path.split(":", 1)[0]
+    return "/" not in head and (len(head) != 1 or os.name != "nt")
+
+
+def local_path(path: str) -> str | None:
+    """The local folder behind ``path`` when it is a plain local path, else None."""
+    return None if is_remote(path) else os.path.abspath(path)
+
+
+@dataclass(frozen=True)
+class RemoteInfo:
+    """What the engine needs to know about a backend."""
+
+    type: str
+    hashes: tuple[str, ...]
+    atomic_uploads: bool  # a file appears at its final name only when complete
+    modtime_precision_s: float | None  # None: the remote keeps no modification times
+
+    @property
+    def md5(self) -> bool:
+        return "md5" in self.hashes
+
+
+def _remote_type(rclone: Rclone, path: str) -> str:
+    if not is_remote(path):
+        return "local"
+    head = path.split(":", 1)[0]
+    if path.startswith(":"):  # connection string, ":s3,provider=...:bucket"
+        return path[1:].split(":", 1)[0].split(",", 1)[0]
+    for entry in rclone.json("listremotes", "--json") or []:  # type: ignore[union-attr]
+        if entry.get("name") == head:
+            return str(entry.get("type", "")).lower()
+    return ""
+
+
+@functools.lru_cache(maxsize=64)
+def _info(binary: str, flags: tuple[str, ...], root: str) -> RemoteInfo:
+    rclone = Rclone(binary, flags)
+    kind = _remote_type(rclone, root)
+    data = rclone.json("backend", "features", root)
+    assert isinstance(data, dict)
+    features = data.get("Features", {})
+    precision_ns = int(data.get("Precision", 0) or 0)
+    precision = None if precision_ns >= 3600 * 10**9 else precision_ns / 1e9
+    atomic = kind in _ATOMIC_TYPES or bool(features.get("PartialUploads"))
+    return RemoteInfo(kind, tuple(data.get("Hashes") or ()), atomic, precision)
+
+
+def remote_info(rclone: Rclone, path: str) -> RemoteInfo:
+    """Type, hashes and upload semantics of the backend that holds ``path`` (cached)."""
+    if not is_remote(path):
+        root = "/"
+    elif path.startswith(":"):  # connection string: the backend spec up to its closing colon
+        root = ":" + path[1:].split(":", 1)[0] + ":"
+    else:
+        root = path.split(":", 1)[0] + ":"
+    return _info(rclone.binary, tuple(rclone.flags), root)

@@ -1,0 +1,273 @@
+"""The one owner of rclone child processes.
+
+Why our own runner rather than ``rclone_python``'s transfer functions: those build a command
+*string* and run it with ``shell=True`` (a file named ``model$v1.pt`` is expanded by the
+shell, names with quotes or newlines break) and ignore a configured rclone binary.  Here every
+child gets an argv list, no shell.  We do use ``rclone_python``'s parser of rclone's JSON
+stats lines, which is sound: with ``-v`` the stats come at the ``info`` level it expects.
+
+Every child is tracked so that Ctrl-C, ``cancel`` or interpreter exit stops it in stages
+(interrupt, terminate, kill); stderr is read on its own thread so that a slow listener can
+never stall rclone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
+from collections import deque
+from typing import IO, Callable, Sequence
+
+from rclone_python.utils import extract_rclone_progress
+
+from .binary import find_rclone
+from .errors import QuotaError, RcloneError, RemoteNotFound, TransferCancelled, UnknownRemote
+from .events import Progress
+
+StatsCallback = Callable[[Progress], None]
+
+_live: set["RcloneProcess"] = set()
+_live_lock = threading.Lock()
+
+_QUOTA = re.compile(
+    r"rateLimitExceeded|userRateLimitExceeded|quotaExceeded|storageQuotaExceeded|"
+    r"downloadQuotaExceeded|teamDriveFileLimitExceeded|Too ?Many ?Requests|\b429\b|"
+    r"SlowDown|quota",
+    re.IGNORECASE,
+)
+_NO_SECTION = re.compile(r"didn't find section in config file \(\"?([^\")]*)\"?\)")
+_NOT_FOUND = re.compile(r"directory not found|object not found|file not found|not found", re.I)
+
+
+def extra_flags() -> list[str]:
+    """Flags every rclone call gets from ``COLAB_MAGICS_RCLONE_FLAGS`` (e.g. ``--tpslimit 10``)."""
+    return shlex.split(os.environ.get("COLAB_MAGICS_RCLONE_FLAGS", ""))
+
+
+class RcloneProcess:
+    """One running rclone child: argv, stats thread, staged stop, typed errors."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: int | None = None,
+        stdout: int | IO[bytes] | None = subprocess.PIPE,
+        on_stats: StatsCallback | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self._on_stats = on_stats
+        self.errors: list[str] = []
+        self._tail: deque[str] = deque(maxlen=20)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=env,
+            # its own session: the terminal's Ctrl-C reaches us, and we stop the child in order
+            start_new_session=True,
+        )
+        with _live_lock:
+            _live.add(self)
+        self._reader = threading.Thread(target=self._read_stderr, name="rclone-stderr", daemon=True)
+        self._reader.start()
+
+    @property
+    def stdin(self) -> IO[bytes]:
+        assert self.proc.stdin is not None
+        return self.proc.stdin
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self.proc.stdout is not None
+        return self.proc.stdout
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            valid, parsed = extract_rclone_progress(line)
+            if valid and parsed is not None:
+                if self._on_stats is not None:
+                    s = parsed["rclone_output"]
+                    self._on_stats(
+                        Progress(
+                            done_bytes=int(s.get("bytes", 0)),
+                            total_bytes=int(s.get("totalBytes", 0)),
+                            rate=float(s.get("speed", 0.0)),
+                            eta=s.get("eta"),
+                            done_files=int(s.get("transfers", 0)),
+                            total_files=int(s.get("totalTransfers", 0)),
+                        )
+                    )
+                continue
+            if parsed is not None:  # an error or critical log record
+                obj = parsed.get("object", "")
+                msg = str(parsed.get("msg", "")).strip()
+                self.errors.append(f"{obj}: {msg}" if obj else msg)
+                continue
+            try:
+                record = json.loads(line)
+                self._tail.append(str(record.get("msg", line)) if isinstance(record, dict) else line)
+            except ValueError:
+                self._tail.append(line)
+
+    def wait(self, cancel: threading.Event | None = None) -> int:
+        """Wait for exit; Ctrl-C or ``cancel`` stops the child and raises."""
+        try:
+            while True:
+                try:
+                    rc = self.proc.wait(timeout=0.1)
+                    break
+                except subprocess.TimeoutExpired:
+                    if cancel is not None and cancel.is_set():
+                        self.stop()
+                        raise TransferCancelled("transfer cancelled") from None
+        except BaseException:
+            self.stop()
+            raise
+        self._reader.join(5)
+        self._forget()
+        return rc
+
+    def check(self, cancel: threading.Event | None = None) -> None:
+        """Wait, then raise the typed error for a non-zero exit."""
+        rc = self.wait(cancel)
+        if rc != 0:
+            raise self.error(rc)
+
+    def error(self, rc: int) -> RcloneError:
+        """The exception that rclone's exit code and own messages amount to."""
+        messages = self.errors or list(self._tail)
+        text = "; ".join(dict.fromkeys(m for m in messages if m)) or f"exit status {rc}"
+        text = text if len(text) < 400 else text[:400] + "..."
+        command = self.argv[1] if len(self.argv) > 1 else "rclone"
+        stderr = "\n".join(messages)
+        m = _NO_SECTION.search(stderr)
+        if m:
+            name = m.group(1)
+            env = "RCLONE_CONFIG_" + re.sub(r"\W", "_", name).upper() + "_TYPE"
+            return UnknownRemote(
+                f"unknown remote '{name}:': configure it with `rclone config` or set {env}=...",
+                exit_code=rc,
+                stderr=stderr,
+            )
+        if _QUOTA.search(stderr) or rc == 8:
+            return QuotaError(
+                f"the remote refused for a rate limit or quota ({text}); wait and retry, "
+                "or lower the request rate with COLAB_MAGICS_RCLONE_FLAGS='--tpslimit 5'",
+                exit_code=rc,
+                stderr=stderr,
+            )
+        if rc in (3, 4) or (rc == 1 and _NOT_FOUND.search(stderr)):
+            return RemoteNotFound(f"not found on the remote: {text}", exit_code=rc, stderr=stderr)
+        return RcloneError(f"rclone {command} failed (exit {rc}): {text}", exit_code=rc, stderr=stderr)
+
+    def stop(self, grace: float = 3.0) -> None:
+        """Stop the child in stages: interrupt, terminate, kill; close its pipes."""
+        if self.proc.poll() is None:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    break
+                try:
+                    self.proc.wait(timeout=grace)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+        self._reader.join(2)
+        self._forget()
+
+    def _forget(self) -> None:
+        with _live_lock:
+            _live.discard(self)
+
+    def __enter__(self) -> "RcloneProcess":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None or self.proc.poll() is None:
+            self.stop()
+        else:
+            self._forget()
+
+
+class Rclone:
+    """Builds argv for one rclone binary and starts or runs children with it."""
+
+    def __init__(self, binary: str | None = None, flags: Sequence[str] | None = None) -> None:
+        self.binary = binary or find_rclone()
+        self.flags = list(flags) if flags is not None else extra_flags()
+
+    def argv(self, args: Sequence[str], stats: bool = False) -> list[str]:
+        base = [self.binary, *args, "--use-json-log", *self.flags]
+        if stats:
+            base += ["-v", "--stats", "500ms", "--stats-log-level", "INFO"]
+        return base
+
+    def start(
+        self,
+        *args: str,
+        stdin: int | None = None,
+        stdout: int | IO[bytes] | None = subprocess.PIPE,
+        on_stats: StatsCallback | None = None,
+    ) -> RcloneProcess:
+        """Start ``rclone args...``; the caller owns the returned process."""
+        return RcloneProcess(
+            self.argv(args, stats=on_stats is not None), stdin=stdin, stdout=stdout, on_stats=on_stats
+        )
+
+    def run(
+        self,
+        *args: str,
+        input: bytes | None = None,
+        on_stats: StatsCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> bytes:
+        """Run to completion and return stdout; raise the typed error on failure."""
+        out = bytearray()
+        with self.start(*args, stdin=subprocess.PIPE if input is not None else None, on_stats=on_stats) as p:
+            collector = threading.Thread(target=lambda: out.extend(p.stdout.read()), daemon=True)
+            collector.start()
+            if input is not None:
+                try:
+                    p.stdin.write(input)
+                    p.stdin.close()
+                except BrokenPipeError:
+                    pass
+            p.check(cancel)
+            collector.join()
+        return bytes(out)
+
+    def json(self, *args: str) -> object:
+        """Run a command that prints JSON (lsjson, backend features, ...)."""
+        return json.loads(self.run(*args) or b"null")
+
+
+def stop_all() -> None:
+    """Stop every rclone child still running (interpreter exit, extension unload)."""
+    with _live_lock:
+        live = list(_live)
+    for p in live:
+        p.stop(grace=1.0)
+
+
+atexit.register(stop_all)
+

@@ -1,0 +1,161 @@
+"""What stage and push share: the per-call context, streamed reads, results and state files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tarfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Callable, TypeVar
+
+import humanize
+import platformdirs
+
+from .errors import TransferCancelled, VerificationError
+from .events import EventBus, Job, Progress
+from .runner import Rclone, RcloneProcess
+
+T = TypeVar("T")
+
+
+class HashingReader:
+    """A read-only stream that hashes (MD5) and counts what passes, and honours cancellation."""
+
+    def __init__(self, raw: IO[bytes], cancel: threading.Event, on_bytes: Callable[[int], None] | None = None) -> None:
+        self.raw = raw
+        self.md5 = hashlib.md5()
+        self.count = 0
+        self._cancel = cancel
+        self._on_bytes = on_bytes
+
+    def read(self, n: int = -1) -> bytes:
+        if self._cancel.is_set():
+            raise TransferCancelled("transfer cancelled")
+        data = self.raw.read(n)
+        self.md5.update(data)
+        self.count += len(data)
+        if self._on_bytes is not None and data:
+            self._on_bytes(len(data))
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+class Context:
+    """One stage or push call: its rclone, job, cancellation and the children it must stop."""
+
+    def __init__(self, rclone: Rclone | None, job: Job, cancel: threading.Event | None) -> None:
+        self.rc = rclone or Rclone()
+        self.job = job
+        self.cancel = cancel or threading.Event()
+        self._procs: list[RcloneProcess] = []
+        self._lock = threading.Lock()
+
+    def on_stats(self, p: Progress) -> None:
+        self.job.update(
+            done_bytes=p.done_bytes, total_bytes=p.total_bytes, rate=p.rate, eta=p.eta,
+            done_files=p.done_files, total_files=p.total_files,
+        )  # fmt: skip
+
+    def start(self, *args: str, stdin: int | None = None) -> RcloneProcess:
+        p = self.rc.start(*args, stdin=stdin)
+        with self._lock:
+            self._procs.append(p)
+        return p
+
+    def run(self, *args: str, stats: bool = False) -> bytes:
+        return self.rc.run(*args, on_stats=self.on_stats if stats else None, cancel=self.cancel)
+
+    def stop_children(self) -> None:
+        """Cancel: stop every child so that readers blocked on a pipe wake up."""
+        self.cancel.set()
+        with self._lock:
+            procs = list(self._procs)
+        for p in procs:
+            p.stop(grace=1.0)
+
+    def stream(self, path: str, consume: Callable[[HashingReader], T], on_bytes: Callable[[int], None] | None = None) -> tuple[T, HashingReader]:
+        """``rclone cat path`` fed to ``consume``; a broken stream is told apart from corrupt data."""
+        with self.start("cat", path) as p:
+            reader = HashingReader(p.stdout, self.cancel, on_bytes)
+            try:
+                result = consume(reader)
+                reader.drain()
+            except (EOFError, tarfile.TarError, VerificationError, ValueError) as exc:
+                try:
+                    rc = p.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    rc = 0
+                if rc:
+                    raise p.error(rc) from exc
+                if isinstance(exc, VerificationError):
+                    raise
+                raise VerificationError(f"{path} is truncated or corrupt ({exc}); re-push it") from exc
+            p.check(self.cancel)
+        return result, reader
+
+
+@dataclass
+class Result:
+    """What a stage or push did, with the one-line summary the magics and CLI print."""
+
+    action: str  # "staged" or "pushed"
+    source: str
+    dest: str
+    kind: str  # packed, archive, folder, file
+    files: int
+    bytes: int
+    seconds: float
+    up_to_date: bool = False
+    reused_parts: int = 0
+    note: str = ""
+
+    def summary(self) -> str:
+        size = humanize.naturalsize(self.bytes, binary=True)
+        if self.up_to_date:
+            line = f"{self.dest} is already up to date with {self.source} ({self.files:,} files, {size})"
+        else:
+            rate = humanize.naturalsize(self.bytes / max(self.seconds, 1e-3), binary=True)
+            line = (
+                f"{self.action} {self.files:,} files ({size}) from {self.source} to {self.dest} "
+                f"in {self.seconds:.1f}s ({rate}/s, {self.kind})"
+            )
+            if self.reused_parts:
+                line += f"; {self.reused_parts} part(s) already there"
+        return line + (f". {self.note}" if self.note else "")
+
+
+def state_dir() -> Path:
+    """Where small bookkeeping files live (``COLAB_MAGICS_STATE_DIR`` overrides)."""
+    configured = os.environ.get("COLAB_MAGICS_STATE_DIR")
+    return Path(configured) if configured else Path(platformdirs.user_cache_dir("colab_magics"))
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically (temp file + rename), so a crash leaves the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def short_id() -> str:
+    return f"{int(time.time()):x}{os.urandom(3).hex()}"
