@@ -128,7 +128,9 @@ def _push_file(ctx: Context, src: str, dest: str) -> Result:
 
 
 def _push_folder(ctx: Context, src: str, dest: str) -> Result:
-    snapshot = {f.path: f for f in localtree.scan(src).files}
+    tree = localtree.scan(src)
+    snapshot = {f.path: f for f in tree.files}
+    links = {path for path, _ in tree.links}
     ctx.job.update(total_bytes=sum(f.size for f in snapshot.values()), total_files=len(snapshot))
     info = remotes.remote_info(ctx.rc, dest)
     parent, name = dest.rsplit("/", 1) if "/" in dest.split(":", 1)[-1] else (None, None)
@@ -144,7 +146,9 @@ def _push_folder(ctx: Context, src: str, dest: str) -> Result:
         changed = []
         uploaded = 0
         for entry in listing or []:  # type: ignore[union-attr]
-            rel = entry["Path"]
+            rel = remotes.listed_name(entry["Path"])
+            if rel.removesuffix(".rclonelink") in links:  # a symlink, stored as its target's text
+                continue
             planned = snapshot.get(rel)
             local = os.path.join(src, rel)
             ok = planned is not None and entry["Size"] == planned.size
@@ -190,14 +194,14 @@ class _PackedPush:
         self.info = remotes.remote_info(ctx.rc, dest)
 
     def old_manifest(self) -> Manifest | None:
-        try:
-            raw = self.ctx.run("cat", remotes.join(self.dest, MANIFEST_NAME))
-        except RemoteNotFound:
+        raw = self.ctx.read_optional(remotes.join(self.dest, MANIFEST_NAME))
+        if raw is None:
             try:
                 existing = self.ctx.rc.json("lsjson", "--max-depth", "1", self.dest)
             except RemoteNotFound:
                 return None
-            if existing:
+            foreign = [e for e in existing or [] if e["Path"] != "parts" and ".cm-tmp" not in e["Path"]]  # type: ignore[union-attr]
+            if foreign:  # leftovers of our own interrupted push are fine
                 raise BadInput(
                     f"{self.dest} already holds files that are not a packed dataset; push to another name"
                 ) from None
@@ -220,7 +224,8 @@ class _PackedPush:
             for index, part in enumerate(old.parts):
                 members = old.files_in_part(index)
                 key = tuple(sorted((e.stat_key(), s.offset, s.length) for e, s in members.values()))
-                reusable[key] = (part, [by_path[p] for p in members])
+                if key:
+                    reusable[key] = (part, [by_path[p] for p in members])
         pieces_by_part = plan(tree.files, self.part_size)
         self.ctx.job.update(total_bytes=tree.total_bytes, total_files=len(tree.files))
         manifest = Manifest(self.compression)
@@ -229,15 +234,14 @@ class _PackedPush:
         hashes: dict[str, str] = {}
         segments: dict[str, list[Segment]] = {}
         digests: dict[str, "hashlib._Hash"] = {}
-        reused = 0
+        keys = [_part_key(pieces) for pieces in pieces_by_part]
+        reuse = _consistent_reuse(pieces_by_part, {i for i, k in enumerate(keys) if k in reusable})
         uploaded: list[str] = []
         try:
             for index, pieces in enumerate(pieces_by_part):
-                key = tuple(sorted(((p.file.path, p.file.size, p.file.mtime_ns, p.file.mode), p.offset, p.length) for p in pieces))
-                if key in reusable and pieces:
-                    part, entries = reusable[key]
+                if index in reuse:
+                    part, entries = reusable[keys[index]]
                     hashes.update({e.path: e.sha256 for e in entries})
-                    reused += 1
                     self.ctx.job.add(sum(p.length for p in pieces), len(pieces))
                 else:
                     part = self.upload_part(index, pieces, digests)
@@ -258,7 +262,7 @@ class _PackedPush:
             raise
         self.remove_superseded(manifest, old)
         return _result(
-            self.ctx, self.src, self.dest, "packed", len(tree.files), tree.total_bytes, reused_parts=reused
+            self.ctx, self.src, self.dest, "packed", len(tree.files), tree.total_bytes, reused_parts=len(reuse)
         )
 
     def upload_part(self, index: int, pieces: list[Piece], digests: dict) -> PartEntry:
@@ -317,7 +321,7 @@ class _PackedPush:
             listing = []
         now = datetime.now(timezone.utc)
         for entry in listing or []:  # type: ignore[union-attr]
-            name = "parts/" + entry["Path"]
+            name = "parts/" + remotes.listed_name(entry["Path"])
             if name in keep:
                 continue
             stale = name.endswith(".cm-tmp") or _age(entry.get("ModTime"), now) > STALE_SECONDS
@@ -335,6 +339,32 @@ class _PackedPush:
             _quietly(self.ctx.rc, "rmdirs", remotes.join(self.dest, "parts"), "--leave-root")
         finally:
             Path(listfile.name).unlink(missing_ok=True)
+
+
+def _part_key(pieces: list[Piece]) -> tuple:
+    """What makes two parts byte-identical: the same files, states and byte ranges."""
+    return tuple(sorted(((p.file.path, p.file.size, p.file.mtime_ns, p.file.mode), p.offset, p.length) for p in pieces))
+
+
+def _consistent_reuse(pieces_by_part: list[list[Piece]], reuse: set[int]) -> set[int]:
+    """Keep a part only if every part holding a piece of the same split file is kept too.
+
+    A split file's hash is computed while its pieces stream up, so its pieces are either all
+    reused (hash from the old manifest) or all uploaded.
+    """
+    parts_of: dict[str, set[int]] = {}
+    for index, pieces in enumerate(pieces_by_part):
+        for p in pieces:
+            if not p.whole:
+                parts_of.setdefault(p.file.path, set()).add(index)
+    changed = True
+    while changed:
+        changed = False
+        for indices in parts_of.values():
+            if indices & reuse and not indices <= reuse:
+                reuse -= indices
+                changed = True
+    return reuse
 
 
 def _age(modtime: str | None, now: datetime) -> float:

@@ -73,6 +73,15 @@ def local_path(path: str) -> str | None:
     return None if is_remote(path) else os.path.abspath(path)
 
 
+_CONTROL_PICTURES = {0x2400 + c: c for c in range(0x20)}
+
+
+def listed_name(path: str) -> str:
+    """A path as rclone lists it, back to the real name (rclone shows control characters such
+    as a newline as their Unicode pictures, U+2400-U+241F)."""
+    return path.translate(_CONTROL_PICTURES)
+
+
 @dataclass(frozen=True)
 class RemoteInfo:
     """What the engine needs to know about a backend."""

@@ -109,10 +109,7 @@ class _Stage:
     # -- what is the source, and is dest already it? ------------------------------------------
     def probe(self) -> tuple[str, dict, Manifest | None, int]:
         """(kind, identity, manifest, size) of the source."""
-        try:
-            raw = self.ctx.run("cat", remotes.join(self.src, MANIFEST_NAME))
-        except RemoteNotFound:
-            raw = None
+        raw = self.ctx.read_optional(remotes.join(self.src, MANIFEST_NAME))
         if raw is not None:
             manifest = Manifest.from_json(raw, self.src)
             return "packed", {"manifest": hashlib.sha256(raw).hexdigest()}, manifest, manifest.total_bytes
@@ -124,6 +121,8 @@ class _Stage:
         if info.get("IsDir"):
             listing = self.ctx.rc.json("lsjson", "-R", "--files-only", self.src) or []
             assert isinstance(listing, list)
+            if not listing:  # bucket remotes show any missing path as an empty folder
+                raise RemoteNotFound(f"{self.src} is empty or does not exist on the remote; check the name")
             rows = sorted((e["Path"], e["Size"], e["ModTime"]) for e in listing)
             digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
             return "folder", {"listing": digest}, None, sum(r[1] for r in rows)
@@ -139,6 +138,11 @@ class _Stage:
         kind, identity, manifest, size = self.probe()
         identity = {"source": self.src, "kind": kind, **identity}
         state = read_json(self.state_file)
+        if not force and self.dest.is_dir() and state.get("identity", {}).get("source") != self.src and any(self.dest.iterdir()):
+            raise BadInput(
+                f"{self.dest} already holds files that were not staged from {self.src}; "
+                "choose an empty or new folder, or use --force to replace its contents"
+            )
         if not force and state.get("identity") == identity and self.dest.is_dir():
             tree = localtree.fingerprint_of(self.dest)
             if tree == state.get("tree"):

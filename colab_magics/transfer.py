@@ -16,7 +16,7 @@ from typing import IO, Callable, TypeVar
 import humanize
 import platformdirs
 
-from .errors import TransferCancelled, VerificationError
+from .errors import RemoteNotFound, TransferCancelled, VerificationError
 from .events import EventBus, Job, Progress
 from .runner import Rclone, RcloneProcess
 
@@ -75,6 +75,26 @@ class Context:
 
     def run(self, *args: str, stats: bool = False) -> bytes:
         return self.rc.run(*args, on_stats=self.on_stats if stats else None, cancel=self.cancel)
+
+    def read_optional(self, path: str) -> bytes | None:
+        """Content of the small remote file ``path``, or None where it does not exist.
+
+        ``rclone cat`` of a missing object on bucket remotes (S3, GCS) prints nothing and exits 0,
+        so an empty answer is checked with a ``stat`` (which on those remotes calls
+        any missing path a folder).
+        """
+        try:
+            raw = self.run("cat", path)
+        except RemoteNotFound:
+            return None
+        if raw:
+            return raw
+        try:
+            info = self.rc.json("lsjson", "--stat", path)
+        except RemoteNotFound:
+            return None
+        # bucket remotes report any missing path as a folder
+        return None if not isinstance(info, dict) or info.get("IsDir") else raw
 
     def stop_children(self) -> None:
         """Cancel: stop every child so that readers blocked on a pipe wake up."""

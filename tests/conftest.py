@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from servers import Server  # noqa: E402
+
+
+@dataclass
+class Remote:
+    """A test remote: ``root`` is the rclone path, ``folder`` the files behind it on disk."""
+
+    kind: str
+    root: str
+    folder: Path
+    server: Server | None = None
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """No user rclone config, no user state: every test starts clean."""
+    monkeypatch.setenv("RCLONE_CONFIG", "/dev/null")
+    monkeypatch.setenv("COLAB_MAGICS_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("COLAB_MAGICS_REMOTE", str(tmp_path / "default-remote"))
+    monkeypatch.delenv("COLAB_MAGICS_RCLONE_FLAGS", raising=False)
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    base = tmp_path_factory.mktemp("servers")
+    started = {kind: Server(kind, base / kind).start() for kind in ("s3", "webdav")}
+    (base / "s3" / "bucket").mkdir()
+    yield started
+    for server in started.values():
+        server.stop()
+
+
+@pytest.fixture(params=["local", "s3", "webdav"])
+def remote(request, tmp_path, monkeypatch) -> Remote:
+    """Each test that takes it runs against a plain folder, ``rclone serve s3`` and ``serve webdav``."""
+    name = request.node.name.split("[")[0][:40]
+    if request.param == "local":
+        folder = tmp_path / "remote"
+        folder.mkdir()
+        return Remote("local", str(folder), folder)
+    server = request.getfixturevalue("servers")[request.param]
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    if request.param == "s3":
+        folder = server.folder / "bucket" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return Remote("s3", f"{server.name}:bucket/{name}", folder, server)
+    folder = server.folder / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return Remote("webdav", f"{server.name}:{name}", folder, server)

@@ -1,0 +1,68 @@
+"""Building test trees with awkward content, and comparing trees exactly."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+ODD_NAMES = [
+    "with space.txt",
+    "quote's \"double\".txt",
+    "dollar $HOME $(id).txt",
+    "ünïcødé ✓ 数据.txt",
+    "semi;colon&amp|pipe.txt",
+]
+
+
+def make_tree(root: Path, *, big: int = 0, small: int = 20, odd: bool = True, raw_bytes_name: bool = False) -> Path:
+    """A tree with nested and empty folders, odd names, modes, an empty file and a symlink."""
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / "empty" / "nested-empty").mkdir(parents=True)
+    for i in range(small):
+        (root / "a" / f"small-{i:03d}.bin").write_bytes(os.urandom(100 + 37 * i))
+    (root / "a" / "b" / "c" / "deep.txt").write_text("deep\n")
+    (root / "zero-length").write_bytes(b"")
+    script = root / "run.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o755)
+    secret = root / "a" / "private.key"
+    secret.write_bytes(os.urandom(64))
+    secret.chmod(0o600)
+    os.symlink("a/b/c/deep.txt", root / "link-to-deep")
+    if odd:
+        for name in ODD_NAMES:
+            (root / "a" / name).write_text(name)
+        (root / "a" / "new\nline.txt").write_text("newline in the name")
+    if raw_bytes_name:
+        with open(os.path.join(os.fsencode(root / "a"), b"latin1-\xe9t\xe9.txt"), "wb") as fh:
+            fh.write(b"not utf-8")
+    if big:
+        (root / "big.bin").write_bytes(os.urandom(big))
+    return root
+
+
+def snapshot(root: Path, *, modes: bool = True, mtimes: bool = True, links: bool = True) -> dict:
+    """Everything that must survive a round trip, by relative path (bytes, as the OS gives them)."""
+    out = {}
+    base = os.fsencode(root)
+    for folder, dirs, files in os.walk(base):
+        for name in dirs + files:
+            full = os.path.join(folder, name)
+            rel = os.path.relpath(full, base)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                if links:
+                    out[rel] = ("link", os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode) if modes else None)
+            else:
+                with open(full, "rb") as fh:
+                    data = fh.read()
+                out[rel] = (
+                    "file",
+                    data,
+                    stat.S_IMODE(st.st_mode) if modes else None,
+                    st.st_mtime_ns if mtimes else None,
+                )
+    return out
