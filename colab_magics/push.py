@@ -160,7 +160,7 @@ def _push_folder(ctx: Context, src: str, dest: str) -> Result:
                 ok = _md5_file(local) == remote_md5
             if not ok:
                 changed.append(rel)
-                ctx.run("deletefile", remotes.join(tmp, rel))
+                ctx.run("deletefile", remotes.join(tmp, entry["Path"]))  # rclone reads its listed form back
             else:
                 uploaded += 1
         ctx.run("move", tmp, dest, "--create-empty-src-dirs", "--links")

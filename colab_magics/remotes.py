@@ -73,13 +73,26 @@ def local_path(path: str) -> str | None:
     return None if is_remote(path) else os.path.abspath(path)
 
 
-_CONTROL_PICTURES = {0x2400 + c: c for c in range(0x20)}
+_CONTROL_PICTURES = {chr(0x2400 + c): chr(c) for c in range(0x20)}
+_QUOTE = "\u201b"  # rclone's escape: a picture character that really is in the name
 
 
 def listed_name(path: str) -> str:
-    """A path as rclone lists it, back to the real name (rclone shows control characters such
-    as a newline as their Unicode pictures, U+2400-U+241F)."""
-    return path.translate(_CONTROL_PICTURES)
+    """A path as rclone lists it, back to the real name.
+
+    rclone shows control characters (a newline) as their Unicode pictures (U+2400-U+241F) and
+    quotes a picture that really is in the name with U+201B.
+    """
+    if not any(c in _CONTROL_PICTURES or c == _QUOTE for c in path):
+        return path
+    out = []
+    chars = iter(path)
+    for c in chars:
+        if c == _QUOTE:
+            out.append(next(chars, ""))
+        else:
+            out.append(_CONTROL_PICTURES.get(c, c))
+    return "".join(out)
 
 
 @dataclass(frozen=True)
