@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from . import localtree, remotes
-from .errors import BadInput, RemoteNotFound, VerificationError
+from .errors import BadInput, RemoteNotFound, UnsafeArchive, VerificationError
 from .events import EventBus, Job
 from .extract import Extractor, check_symlink, extract_tar, extract_zip, safe_relpath, tar_members
 from .manifest import MANIFEST_NAME, Manifest
@@ -156,15 +156,21 @@ class _Stage:
         write_json(progress_file, progress)
         self.ctx.job.update(total_bytes=size)
         note = ""
-        if kind == "packed":
-            assert manifest is not None
-            reused = self.fill_packed(manifest, progress, progress_file)
-        elif kind == "folder":
-            reused = 0
-            note = self.fill_folder()
-        else:
-            reused = 0
-            self.fill_archive(kind)
+        reused = 0
+        try:
+            if kind == "packed":
+                assert manifest is not None
+                reused = self.fill_packed(manifest, progress, progress_file)
+            elif kind == "folder":
+                note = self.fill_folder()
+            else:
+                self.fill_archive(kind)
+        except BaseException as exc:
+            # packed parts and folder files already fetched are kept for a resume; a single
+            # archive restarts anyway, and nothing from a hostile archive is kept
+            if isinstance(exc, UnsafeArchive) or kind not in ("packed", "folder"):
+                shutil.rmtree(self.work, ignore_errors=True)
+            raise
         snapshot = localtree.scan(self.tree)
         replace_tree(self.tree, self.dest, self.work / "old")
         write_json(self.state_file, {"identity": identity, "tree": localtree.fingerprint_of(self.dest)})
