@@ -56,6 +56,10 @@ class ManifestError(ColabMagicsError):
 class SourceChanged(ColabMagicsError):
     """Local files changed while they were being read for upload."""
 
+    def __init__(self, message: str, paths: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.paths = paths or []
+
 
 class BadInput(ColabMagicsError):
     """An argument cannot work as given (wrong kind of path, destination inside source, ...)."""

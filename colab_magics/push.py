@@ -141,9 +141,12 @@ def _push_folder(ctx: Context, src: str, dest: str) -> Result:
         args += ["--compare-dest", dest]
         if info.modtime_precision_s is None and not info.hashes:
             args.append("--ignore-times")  # the remote can tell neither times nor hashes: upload all
-        ctx.run(*args, stats=True)
+        try:
+            ctx.run(*args, stats=True)
+            changed = []
+        except SourceChanged as exc:  # rclone saw them change and skipped them; the rest is uploaded
+            changed = [remotes.listed_name(p) for p in exc.paths]
         listing = ctx.rc.json("lsjson", "-R", "--files-only", tmp, *(["--hash", "--hash-type", "md5"] if info.md5 else []))
-        changed = []
         uploaded = 0
         for entry in listing or []:  # type: ignore[union-attr]
             rel = remotes.listed_name(entry["Path"])
@@ -159,7 +162,7 @@ def _push_folder(ctx: Context, src: str, dest: str) -> Result:
             if ok and remote_md5:
                 ok = _md5_file(local) == remote_md5
             if not ok:
-                changed.append(rel)
+                changed += [] if rel in changed else [rel]
                 ctx.run("deletefile", remotes.join(tmp, entry["Path"]))  # rclone reads its listed form back
             else:
                 uploaded += 1

