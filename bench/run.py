@@ -298,7 +298,7 @@ def memory_bench(total_mib: int) -> dict:
 # -- profile ---------------------------------------------------------------------------------------
 def profile_stage(dest: Path) -> str:
     """cProfile of one stage against the unthrottled remote, worker threads included."""
-    from colab_magics import stage as stage_module
+    stage_module = sys.modules["colab_magics.stage"]  # the package exports the function as `stage`
 
     profiles: list[cProfile.Profile] = []
     original = stage_module._Stage.extract_part

@@ -19,8 +19,9 @@ from colab_magics.manifest import Manifest
 
 
 def _rclone_children() -> list[str]:
-    out = subprocess.run(["pgrep", "-f", "-P", str(os.getpid()), "rclone"], capture_output=True, text=True).stdout
-    return out.split()
+    """rclone processes this test process started, other than the loopback test servers."""
+    out = subprocess.run(["pgrep", "-a", "-P", str(os.getpid())], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "rclone" in line and " serve " not in line]
 
 
 def test_cancel_stops_the_child_and_cleans_up(tmp_path):
