@@ -8,54 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
-import time
-from typing import Sequence, TextIO
+from typing import Sequence
 
 from . import __version__
 from .errors import ColabMagicsError
-from .events import Event, bus
+from .events import bus
 from .manifest import DEFAULT_PART_SIZE
 from .push import push
 from .stage import stage
-from .text import progress_line
+from .text import ProgressPrinter
 from .units import parse_size
-
-
-class ProgressPrinter:
-    """Renders engine events on a stream, throttled."""
-
-    def __init__(self, stream: TextIO, interval: float | None = None) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
-        self._last = 0.0
-        self._width = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, event: Event) -> None:
-        with self._lock:
-            if event.kind == "progress":
-                now = time.monotonic()
-                if now - self._last < self.interval:
-                    return
-                self._last = now
-                self._emit(progress_line(event.name, event.progress))
-            elif event.kind == "message":
-                self._emit(f"{event.name}: {event.message}", final=True)
-            elif self.tty and self._width:
-                self.stream.write("\r" + " " * self._width + "\r")
-                self._width = 0
-
-    def _emit(self, line: str, final: bool = False) -> None:
-        if self.tty and not final:
-            pad = max(0, self._width - len(line))
-            self.stream.write("\r" + line + " " * pad)
-            self._width = len(line)
-        else:
-            self.stream.write(("\n" if self.tty and self._width else "") + line + "\n")
-            self._width = 0
-        self.stream.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:
