@@ -19,7 +19,7 @@ Rows 2-5 and 7 run ``--repeats`` times (default 3, interleaved) and report the m
 measured run gets a fresh, empty destination.  Remote-side inputs are prepared without the tps
 limit (setup is not measured).  File-by-file times are also shown scaled linearly to 5,000 files;
 the ratios compare equal file counts (N).  Then, unless ``--skip-memory``: a 2 GiB packed dataset
-(64 x 32 MiB, part size 512 MiB, so 4 parts stage in parallel) on a plain local folder remote is
+(64 x 32 MiB, part size 512 MiB: 5 parts, 4 staged at once) on a plain local folder remote is
 staged in a separate Python process, whose peak RSS (and its rclone children's) is reported.
 
 It is a benchmark, not a test: it prints a table with PASS/MISS per target and writes
@@ -114,6 +114,12 @@ class Runner:
         path.mkdir(parents=True)
         return path
 
+    @staticmethod
+    def settle() -> None:
+        """Flush dirty pages left by setup or the previous row, so that their writeback does not
+        slow down the next timed run (this disk creates small files slowly: ~0.3 ms each)."""
+        os.sync()
+
     def logfile(self, name: str) -> Path:
         return self.base / "logs" / f"{name}-{self.counter}.log"
 
@@ -125,6 +131,7 @@ class Runner:
 
     # 1 and 6
     def copy_file_by_file(self, src: str, dst: str, name: str) -> float:
+        self.settle()
         t0 = time.perf_counter()
         self.rclone_run(name, "copy", src, dst)
         return time.perf_counter() - t0
@@ -133,6 +140,7 @@ class Runner:
     def seeds_recipe(self) -> tuple[float, int]:
         dest = self.fresh("seeds")
         download = self.fresh("seeds-download")
+        self.settle()
         t0 = time.perf_counter()
         self.rclone_run("seeds", "copy", f"{REMOTE}:data.tar.gz", str(download))
         with tarfile.open(download / "data.tar.gz") as tf:
@@ -144,6 +152,7 @@ class Runner:
     # 3
     def floor(self) -> tuple[float, int]:
         dest = self.fresh("floor")
+        self.settle()
         with open(self.logfile("floor"), "wb") as err:
             t0 = time.perf_counter()
             cat = subprocess.Popen([self.rclone, "cat", f"{REMOTE}:data.tar", *TPS], env=self.env, stdout=subprocess.PIPE, stderr=err)
@@ -160,6 +169,7 @@ class Runner:
     def stage(self, dest: Path | None = None) -> tuple[float, int, Path, bool]:
         dest = dest or self.fresh("stage")
         os.environ["COLAB_MAGICS_RCLONE_FLAGS"] = " ".join(TPS)
+        self.settle()
         try:
             t0 = time.perf_counter()
             result = colab_magics.stage(f"{REMOTE}:packed", dest)
@@ -173,6 +183,7 @@ class Runner:
         self.counter += 1
         remotes._info.cache_clear()  # each run pays the backend probe, as a fresh kernel would
         os.environ["COLAB_MAGICS_RCLONE_FLAGS"] = " ".join(TPS)
+        self.settle()
         try:
             t0 = time.perf_counter()
             result = colab_magics.push(src, f"{REMOTE}:packed2-{self.counter}", pack=True)
@@ -271,6 +282,7 @@ def memory_bench(total_mib: int) -> dict:
         parts = len(json.loads((remote / "manifest.json").read_bytes())["parts"])
         shutil.rmtree(src)  # not needed any more: keep the disk peak at 2x, not 3x
         log(f"memory: staging {parts} parts in a separate Python process")
+        os.sync()
         env = dict(os.environ, COLAB_MAGICS_STATE_DIR=str(base / "state"), RCLONE_CONFIG="/dev/null")
         env.pop("COLAB_MAGICS_RCLONE_FLAGS", None)
         child = subprocess.Popen(

@@ -3,7 +3,7 @@
 A packed dataset on the remote is a folder::
 
     manifest.json                       written last: its presence means the dataset is complete
-    parts/000/part-000000-<id>.tar[.zst]
+    parts/000/part-<push id>-0000.tar[.zst]
 
 Parts are at most ``part_size`` bytes (Drive gets into quota trouble above ~5 GB) and at most
 ``PARTS_PER_FOLDER`` share a folder.  A file larger than a part is split into segments, each a
@@ -68,6 +68,8 @@ class PartEntry:
     size: int
     md5: str
     members: int
+    data_bytes: int  # file bytes in it (the rest is tar headers): what "half current" is measured on
+    skip: tuple[str, ...] = ()  # members superseded by a later part, or torn: not extracted
 
 
 @dataclass
@@ -126,7 +128,10 @@ class Manifest:
                 dirs=[DirEntry(_rel(d["path"]), _count(d["mode"])) for d in data["dirs"]],
                 links=[LinkEntry(_rel(link["path"]), str(link["target"])) for link in data["links"]],
                 parts=[
-                    PartEntry(str(p["name"]), _count(p["size"]), str(p["md5"]), _count(p["members"]))
+                    PartEntry(
+                        str(p["name"]), _count(p["size"]), str(p["md5"]), _count(p["members"]),
+                        _count(p["data_bytes"]), tuple(_rel(x) for x in p.get("skip", ())),
+                    )  # fmt: skip
                     for p in data["parts"]
                 ],
             )
@@ -157,7 +162,3 @@ def _rel(path: object) -> str:
         raise ValueError(f"bad path {path!r}")
     return path
 
-
-def part_name(index: int, push_id: str, compression: str) -> str:
-    suffix = ".tar.zst" if compression == "zstd" else ".tar"
-    return f"parts/{index // PARTS_PER_FOLDER:03d}/part-{index:06d}-{push_id}{suffix}"

@@ -74,16 +74,23 @@ def plan(files: list[FileStat], part_size: int) -> list[list[Piece]]:
 
 
 class _Slice:
-    """Reads ``length`` bytes of an open file from its current position, hashing them."""
+    """Reads ``length`` bytes of an open file from its position, hashing them.
+
+    A file that shrank is padded with zeros (and flagged) so that the tar stream stays valid.
+    """
 
     def __init__(self, fh: IO[bytes], length: int, digest: "hashlib._Hash") -> None:
         self.fh = fh
         self.left = length
         self.digest = digest
+        self.short = False
 
     def read(self, n: int = -1) -> bytes:
         n = self.left if n < 0 else min(n, self.left)
         data = self.fh.read(n)
+        if len(data) < n:
+            self.short = True
+            data += bytes(n - len(data))
         self.left -= len(data)
         self.digest.update(data)
         return data
@@ -95,34 +102,36 @@ def write_part(
     sink: IO[bytes],
     digests: dict[str, "hashlib._Hash"],
     on_bytes: Callable[[int], None] | None = None,
+    tolerant: bool = False,
 ) -> list[str]:
-    """Stream ``pieces`` as one tar into ``sink``; returns paths that changed while being read.
+    """Stream ``pieces`` as one tar into ``sink``; returns the paths that changed while being read.
 
-    ``digests`` carries each file's SHA-256 across parts for files split in several.
+    ``digests`` carries each file's SHA-256 across parts for files split in several.  A file
+    that vanished is skipped when ``tolerant``, else it is a :class:`SourceChanged`.
     """
     changed: list[str] = []
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20) as tf:
         for piece in pieces:
             f = piece.file
+            path = os.path.join(root, f.path)
+            try:
+                fh = open(path, "rb")
+            except FileNotFoundError:
+                if not tolerant:
+                    raise SourceChanged(f"{path} disappeared while it was being packed; push again", [f.path]) from None
+                changed.append(f.path)
+                continue
             info = tarfile.TarInfo(f.path)
             info.size = piece.length
             info.mode = f.mode
             info.mtime = f.mtime_ns // 10**9
-            digest = digests.setdefault(f.path, hashlib.sha256())
-            path = os.path.join(root, f.path)
-            try:
-                with open(path, "rb") as fh:
-                    fh.seek(piece.offset)
-                    tf.addfile(info, _Slice(fh, piece.length, digest))
-                    st = os.fstat(fh.fileno())
-                if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
-                    changed.append(f.path)
-            except FileNotFoundError:
-                raise SourceChanged(f"{path} disappeared while it was being packed; push again") from None
-            except OSError as exc:
-                if "unexpected end of data" not in str(exc):
-                    raise
-                raise SourceChanged(f"{path} shrank while it was being packed; push again once it is written") from None
+            reader = _Slice(fh, piece.length, digests.setdefault(f.path, hashlib.sha256()))
+            with fh:
+                fh.seek(piece.offset)
+                tf.addfile(info, reader)
+                st = os.fstat(fh.fileno())
+            if reader.short or (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
+                changed.append(f.path)
             if on_bytes is not None:
                 on_bytes(piece.length)
     return changed

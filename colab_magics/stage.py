@@ -228,12 +228,16 @@ class _Stage:
     def extract_part(self, manifest: Manifest, index: int, ex: Extractor) -> None:
         part = manifest.parts[index]
         expected = manifest.files_in_part(index)
+        superseded = set(part.skip) - set(expected)
         where = f"{self.src}/{part.name}"
 
         def consume(reader: HashingReader) -> None:
             stream: IO[bytes] = _zstd_reader(reader) if manifest.compression == "zstd" else reader  # type: ignore[assignment]
             for member, tf in tar_members(stream):
                 rel = safe_relpath(member.name, ex.what)
+                if rel in superseded:  # a later part holds its current version
+                    superseded.discard(rel)
+                    continue
                 entry, seg = expected.pop(rel, (None, None))
                 if entry is None or seg is None or not member.isreg() or member.size != seg.length:
                     raise VerificationError(

@@ -17,7 +17,8 @@ import humanize
 import platformdirs
 
 from .errors import RemoteNotFound, TransferCancelled, VerificationError
-from .events import EventBus, Job, Progress
+from .events import Job, Progress
+from .remotes import remote_info
 from .runner import Rclone, RcloneProcess
 
 T = TypeVar("T")
@@ -139,20 +140,46 @@ class Result:
     up_to_date: bool = False
     reused_parts: int = 0
     note: str = ""
+    moved_files: int | None = None  # what actually crossed the network, when less than everything
+    moved_bytes: int | None = None
 
     def summary(self) -> str:
         size = humanize.naturalsize(self.bytes, binary=True)
         if self.up_to_date:
             line = f"{self.dest} is already up to date with {self.source} ({self.files:,} files, {size})"
         else:
-            rate = humanize.naturalsize(self.bytes / max(self.seconds, 1e-3), binary=True)
+            moved = self.bytes if self.moved_bytes is None else self.moved_bytes
+            rate = humanize.naturalsize(moved / max(self.seconds, 1e-3), binary=True)
+            what = f"{self.files:,} files ({size})"
+            if self.moved_files is not None and self.moved_files != self.files:
+                what = f"{self.moved_files:,} changed of {self.files:,} files ({humanize.naturalsize(moved, binary=True)} of {size})"
             line = (
-                f"{self.action} {self.files:,} files ({size}) from {self.source} to {self.dest} "
+                f"{self.action} {what} from {self.source} to {self.dest} "
                 f"in {self.seconds:.1f}s ({rate}/s, {self.kind})"
             )
             if self.reused_parts:
                 line += f"; {self.reused_parts} part(s) already there"
         return line + (f". {self.note}" if self.note else "")
+
+
+def quietly(rclone: Rclone, *args: str) -> None:
+    """Run a clean-up command of our own temporary files; its failure must not hide the real error."""
+    try:
+        rclone.run(*args)
+    except Exception:
+        pass
+
+
+def verify_upload(ctx: Context, remote: str, size: int, md5: str | None) -> None:
+    """Sizes always, MD5 where the remote keeps it."""
+    has_md5 = remote_info(ctx.rc, remote).md5
+    got = ctx.rc.json("lsjson", "--stat", remote, *(["--hash", "--hash-type", "md5"] if has_md5 else []))
+    assert isinstance(got, dict)
+    if got.get("Size") != size:
+        raise VerificationError(f"{remote}: uploaded {size:,} bytes but the remote holds {got.get('Size')}; push again")
+    remote_md5 = (got.get("Hashes") or {}).get("md5")
+    if md5 and remote_md5 and remote_md5 != md5:
+        raise VerificationError(f"{remote}: the uploaded bytes do not match their MD5; push again")
 
 
 def state_dir() -> Path:

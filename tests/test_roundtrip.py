@@ -148,3 +148,18 @@ def test_default_remote_needs_no_configuration(tmp_path, monkeypatch):
     staged = cm.stage("outputs")
     assert snapshot(tmp_path / "xdg" / "outputs") == snapshot(src)
     assert staged.kind == "packed"
+
+
+def test_one_changed_file_goes_up_alone_and_wins(remote, tmp_path):
+    src = make_tree(tmp_path / "src", small=60, big=3 * PART, odd=False)
+    dest = remotes.join(remote.root, "ds")
+    cm.push(src, dest, pack=True, part_size=PART)
+    (src / "a" / "small-007.bin").write_bytes(b"new version")
+    os.unlink(src / "a" / "small-008.bin")
+    second = cm.push(src, dest, pack=True, part_size=PART)
+    assert second.moved_files == 1 and second.reused_parts >= 1
+    assert "1 changed of" in second.summary()
+    manifest = Manifest.from_json((remote.folder / "ds" / "manifest.json").read_bytes(), "t")
+    assert any("a/small-007.bin" in p.skip for p in manifest.parts)  # the old copy stays, skipped
+    cm.stage(dest, tmp_path / "dest")
+    assert snapshot(tmp_path / "dest") == snapshot(src)

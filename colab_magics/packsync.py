@@ -1,0 +1,328 @@
+"""Incremental upload of a folder as a packed dataset: ``push --pack`` and every persist sync.
+
+Log-structured: parts already on the remote are kept as long as they hold enough current data;
+only changed or new files go up, packed together into new parts, and the manifest (written
+last, under a temporary name, then moved) maps each file to the part that holds its latest
+version.  A kept part's members that are no longer current are listed in its ``skip`` list.
+A part is repacked when less than half of it is still current, so waste stays bounded.
+
+Two policies on top: ``keep_deleted`` (copy semantics: a file deleted locally stays on the
+remote) and ``tolerant`` (a file that is still being written, or changes while it is read, is
+left for the next sync and keeps its previous remote version, instead of failing the sync).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections import Counter
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import localtree, remotes
+from .errors import BadInput, RemoteNotFound, SourceChanged
+from .extract import check_symlink
+from .manifest import (
+    DEFAULT_PART_SIZE,
+    MANIFEST_NAME,
+    PARTS_PER_FOLDER,
+    DirEntry,
+    FileEntry,
+    LinkEntry,
+    Manifest,
+    PartEntry,
+    Segment,
+)
+from .pack import Piece, plan, write_part
+from .transfer import Context, Result, quietly, short_id, verify_upload
+
+STALE_SECONDS = 3600  # an unreferenced part older than this is a leftover of a killed upload
+LOCK_NAME = ".cm-lock.json"
+_OURS = ("parts", MANIFEST_NAME, LOCK_NAME)
+
+
+@dataclass
+class SyncOptions:
+    compression: str = "none"
+    part_size: int = DEFAULT_PART_SIZE
+    keep_deleted: bool = False
+    tolerant: bool = False
+    settle: float = 0.0  # files modified less than this many seconds ago wait for the next sync
+
+
+@dataclass
+class SyncOutcome:
+    result: Result
+    manifest: Manifest
+    deferred: list[str] = field(default_factory=list)  # left for the next sync (still being written)
+    uploaded_files: int = 0
+    uploaded_bytes: int = 0
+
+
+class PackedSync:
+    """One incremental packed upload of ``src`` to ``dest``."""
+
+    def __init__(self, ctx: Context, src: str, dest: str, options: SyncOptions) -> None:
+        self.ctx = ctx
+        self.src = src
+        self.dest = dest
+        self.opt = options
+        self.push_id = short_id()
+        self.info = remotes.remote_info(ctx.rc, dest)
+
+    def load_old(self) -> Manifest | None:
+        """The manifest on the remote, None for a new dataset; refuses a folder of other files."""
+        raw = self.ctx.read_optional(remotes.join(self.dest, MANIFEST_NAME))
+        if raw is not None:
+            return Manifest.from_json(raw, self.dest)
+        try:
+            existing = self.ctx.rc.json("lsjson", "--max-depth", "1", self.dest)
+        except RemoteNotFound:
+            return None
+        foreign = [e for e in existing or [] if e["Path"] not in _OURS and ".cm-tmp" not in e["Path"]]  # type: ignore[union-attr]
+        if foreign:  # leftovers of our own interrupted upload are fine
+            raise BadInput(f"{self.dest} already holds files that are not a packed dataset; push to another name")
+        return None
+
+    def scan(self) -> localtree.Tree:
+        tree = localtree.scan(self.src)
+        if tree.special:
+            raise BadInput(f"{self.src} holds a socket, fifo or device ({tree.special[0]!r}); remove it or push a subfolder")
+        for rel, target in tree.links:
+            try:
+                check_symlink(rel, target, self.src)
+            except Exception:
+                raise BadInput(f"symlink {rel!r} -> {target!r} points outside {self.src}; replace it with a copy") from None
+        return tree
+
+    # -- the algorithm --------------------------------------------------------------------------
+    def run(self, old: Manifest | None = None, *, fetch_old: bool = True) -> SyncOutcome:
+        tree = self.scan()
+        if fetch_old:
+            old = self.load_old()
+        if old is not None and old.compression != self.opt.compression:
+            if self.opt.keep_deleted:
+                self.opt.compression = old.compression  # one dataset, one compression
+            else:
+                old = None  # a full re-upload in the new compression
+        now = time.time()
+        current = {f.path: f for f in tree.files}
+        old_files = {f.path: f for f in old.files} if old else {}
+        deferred = {p for p, f in current.items() if self.opt.settle and now - f.mtime_ns / 1e9 < self.opt.settle}
+        unchanged = {
+            p for p, f in current.items() if p in old_files and old_files[p].stat_key() == (p, f.size, f.mtime_ns, f.mode)
+        }
+        must_keep = {p for p in deferred if p in old_files}
+        if self.opt.keep_deleted:
+            must_keep |= set(old_files) - set(current)
+        served = self._served_from_old(old, old_files, unchanged | must_keep, must_keep)
+        to_upload = sorted(p for p in current if p not in served and p not in deferred)
+        total = sum(current[p].size for p in to_upload)
+        self.ctx.job.update(total_bytes=total, total_files=len(to_upload))
+
+        new_parts: list[tuple[PartEntry, list[Piece]]] = []
+        torn: set[str] = set()
+        digests: dict[str, "hashlib._Hash"] = {}
+        try:
+            for pieces in plan([current[p] for p in to_upload], self.opt.part_size) if to_upload else []:
+                entry, changed = self._upload_part(pieces, digests, old, len(new_parts))
+                torn |= set(changed)
+                new_parts.append((entry, pieces))
+            manifest, final = self._build(tree, old, old_files, served, new_parts, torn, digests, must_keep)
+            if old is not None and not new_parts and manifest.to_json() == old.to_json():
+                return SyncOutcome(self._result(final, up_to_date=True), old, sorted(deferred | torn))
+            self._put_manifest(manifest)
+        except BaseException:
+            for entry, _ in new_parts:
+                quietly(self.ctx.rc, "deletefile", remotes.join(self.dest, entry.name))
+            raise
+        self._remove_unreferenced(manifest, old)
+        moved = sum(current[p].size for p in to_upload if p not in torn)
+        result = self._result(final, moved_files=len([p for p in to_upload if p not in torn]), moved_bytes=moved)
+        result.reused_parts = len(manifest.parts) - len(new_parts)
+        return SyncOutcome(result, manifest, sorted(deferred | torn), result.moved_files or 0, moved)
+
+    @staticmethod
+    def _served_from_old(old: Manifest | None, old_files: dict, live: set[str], must_keep: set[str]) -> set[str]:
+        """Files whose current version stays in the old parts (parts less than half current are repacked)."""
+        if old is None:
+            return set()
+        live_bytes = [0] * len(old.parts)
+        for p in live:
+            for seg in old_files[p].segments:
+                live_bytes[seg.part] += seg.length
+        pinned = {seg.part for p in must_keep for seg in old_files[p].segments}
+        dissolve = {
+            i for i, part in enumerate(old.parts) if i not in pinned and live_bytes[i] * 2 < part.data_bytes
+        }
+        return {p for p in live if not any(seg.part in dissolve for seg in old_files[p].segments)} | must_keep
+
+    def _build(
+        self,
+        tree: localtree.Tree,
+        old: Manifest | None,
+        old_files: dict[str, FileEntry],
+        served: set[str],
+        new_parts: list[tuple[PartEntry, list[Piece]]],
+        torn: set[str],
+        digests: dict,
+        must_keep: set[str],
+    ) -> tuple[Manifest, dict[str, FileEntry]]:
+        keep_old = set(served)
+        keep_old |= {p for p in torn if p in old_files}  # a torn file keeps its previous version
+        referenced = sorted({seg.part for p in keep_old for seg in old_files[p].segments})
+        remap = {old_index: new_index for new_index, old_index in enumerate(referenced)}
+        final: dict[str, FileEntry] = {}
+        for p in keep_old:
+            e = old_files[p]
+            segs = tuple(Segment(remap[s.part], s.offset, s.length) for s in e.segments)
+            final[p] = FileEntry(e.path, e.size, e.mode, e.mtime_ns, e.sha256, segs)
+        parts: list[PartEntry] = []
+        assert old is not None or not referenced
+        for old_index in referenced:
+            part = old.parts[old_index]  # type: ignore[union-attr]
+            members = set(part.skip) | {p for p, e in old_files.items() if any(s.part == old_index for s in e.segments)}
+            here = {p for p in members if p in final and any(s.part == remap[old_index] for s in final[p].segments)}
+            skip = tuple(sorted(members - here))
+            parts.append(PartEntry(part.name, part.size, part.md5, part.members, part.data_bytes, skip))
+        new_segments: dict[str, list[Segment]] = {}
+        for entry, pieces in new_parts:
+            index = len(parts)
+            skip = tuple(sorted({pc.file.path for pc in pieces if pc.file.path in torn}))
+            parts.append(PartEntry(entry.name, entry.size, entry.md5, entry.members, entry.data_bytes, skip))
+            for piece in pieces:
+                if piece.file.path not in torn:
+                    new_segments.setdefault(piece.file.path, []).append(Segment(index, piece.offset, piece.length))
+        for p, segs in new_segments.items():
+            f = next(f for entry, pieces in new_parts for f in (pc.file for pc in pieces) if f.path == p)
+            final[p] = FileEntry(p, f.size, f.mode, f.mtime_ns, digests[p].hexdigest(), tuple(segs))
+        manifest = Manifest(self.opt.compression)
+        manifest.files = [final[p] for p in sorted(final)]
+        dirs = dict(tree.dirs)
+        links = dict(tree.links)
+        if self.opt.keep_deleted and old is not None:
+            dirs = {**{d.path: d.mode for d in old.dirs}, **dirs}
+            links = {**{link.path: link.target for link in old.links}, **links}
+        manifest.dirs = [DirEntry(p, m) for p, m in sorted(dirs.items())]
+        manifest.links = [LinkEntry(p, t) for p, t in sorted(links.items()) if p not in final]
+        manifest.parts = parts
+        return manifest, final
+
+    def _result(self, final: dict[str, FileEntry], **kw: object) -> Result:
+        size = sum(e.size for e in final.values())
+        return Result("pushed", self.src, self.dest, "packed", len(final), size, self.ctx.job.elapsed, **kw)  # type: ignore[arg-type]
+
+    # -- remote operations ----------------------------------------------------------------------
+    def _part_name(self, old: Manifest | None, serial: int) -> str:
+        """A unique name, in the first ``parts/NNN/`` folders that have room for it."""
+        counts = Counter(part.name.rsplit("/", 1)[0] for part in (old.parts if old else []))
+        folder, rest = 0, serial
+        while rest >= PARTS_PER_FOLDER - counts[f"parts/{folder:03d}"]:
+            rest -= max(0, PARTS_PER_FOLDER - counts[f"parts/{folder:03d}"])
+            folder += 1
+        suffix = ".tar.zst" if self.opt.compression == "zstd" else ".tar"
+        return f"parts/{folder:03d}/part-{self.push_id}-{serial:04d}{suffix}"
+
+    def _upload_part(self, pieces: list[Piece], digests: dict, old: Manifest | None, serial: int) -> tuple[PartEntry, list[str]]:
+        name = self._part_name(old, serial)
+        final = remotes.join(self.dest, name)
+        tmp = final + ".cm-tmp"
+        sink = _Sink()
+        with self.ctx.start("rcat", tmp, stdin=subprocess.PIPE) as proc:
+            sink.pipe = proc.stdin
+            try:
+                if self.opt.compression == "zstd":
+                    import zstandard
+
+                    with zstandard.ZstdCompressor(level=3).stream_writer(sink, closefd=False) as zw:
+                        changed = write_part(pieces, self.src, zw, digests, self._count, self.opt.tolerant)  # type: ignore[arg-type]
+                else:
+                    changed = write_part(pieces, self.src, sink, digests, self._count, self.opt.tolerant)  # type: ignore[arg-type]
+                proc.stdin.close()
+            except BrokenPipeError:
+                raise proc.error(proc.wait(self.ctx.cancel) or 1) from None
+            except BaseException:
+                proc.stop()
+                quietly(self.ctx.rc, "deletefile", tmp)
+                raise
+            proc.check(self.ctx.cancel)
+        if changed and not self.opt.tolerant:
+            quietly(self.ctx.rc, "deletefile", tmp)
+            raise SourceChanged(
+                f"{len(changed)} file(s) changed while they were being packed (e.g. {changed[0]!r}); "
+                "push again once they are written",
+                changed,
+            )
+        md5 = sink.md5.hexdigest()
+        verify_upload(self.ctx, tmp, sink.count, md5)
+        self.ctx.run("moveto", tmp, final)
+        self.ctx.job.add(done_files=len(pieces))
+        return PartEntry(name, sink.count, md5, len(pieces), sum(p.length for p in pieces)), changed
+
+    def _count(self, n: int) -> None:
+        self.ctx.job.add(done_bytes=n)
+
+    def _put_manifest(self, manifest: Manifest) -> None:
+        raw = manifest.to_json()
+        final = remotes.join(self.dest, MANIFEST_NAME)
+        tmp = final + f".cm-tmp-{self.push_id}"
+        self.ctx.rc.run("rcat", tmp, input=raw)
+        verify_upload(self.ctx, tmp, len(raw), hashlib.md5(raw).hexdigest())
+        self.ctx.run("moveto", tmp, final)
+
+    def _remove_unreferenced(self, manifest: Manifest, old: Manifest | None) -> None:
+        """Delete our own parts the new manifest no longer needs (for good, not to Drive's Trash)."""
+        keep = {p.name for p in manifest.parts}
+        doomed = {p.name for p in old.parts} - keep if old else set()
+        try:
+            listing = self.ctx.rc.json("lsjson", "-R", "--files-only", remotes.join(self.dest, "parts"))
+        except RemoteNotFound:
+            listing = []
+        now = datetime.now(timezone.utc)
+        for entry in listing or []:  # type: ignore[union-attr]
+            name = "parts/" + remotes.listed_name(entry["Path"])
+            if name not in keep and (name.endswith(".cm-tmp") or _age(entry.get("ModTime"), now) > STALE_SECONDS):
+                doomed.add(name)
+        if not doomed:
+            return
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as listfile:
+            listfile.write("".join(n + "\n" for n in sorted(doomed)))
+        try:
+            args = ["delete", self.dest, "--files-from-raw", listfile.name]
+            if self.info.type == "drive":
+                args.append("--drive-use-trash=false")
+            self.ctx.run(*args)
+            quietly(self.ctx.rc, "rmdirs", remotes.join(self.dest, "parts"), "--leave-root")
+        finally:
+            Path(listfile.name).unlink(missing_ok=True)
+
+
+def _age(modtime: str | None, now: datetime) -> float:
+    if not modtime:
+        return 0.0
+    try:
+        stamp = datetime.fromisoformat(modtime.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return (now - stamp).total_seconds()
+
+
+class _Sink:
+    """Write end of ``rclone rcat``: counts and hashes (MD5) the part as it goes up."""
+
+    def __init__(self) -> None:
+        self.pipe = None
+        self.md5 = hashlib.md5()
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.md5.update(data)
+        self.count += len(data)
+        self.pipe.write(data)  # type: ignore[union-attr]
+        return len(data)
+
+    def flush(self) -> None:
+        pass
