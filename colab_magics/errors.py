@@ -61,5 +61,9 @@ class SourceChanged(ColabMagicsError):
         self.paths = paths or []
 
 
+class LockHeld(ColabMagicsError):
+    """Another kernel is persisting to the same destination."""
+
+
 class BadInput(ColabMagicsError):
     """An argument cannot work as given (wrong kind of path, destination inside source, ...)."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import time
 from typing import Any, Callable
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Int, Unicode
 
@@ -21,10 +22,11 @@ from . import runner
 from .errors import ColabMagicsError
 from .events import bus
 from .manifest import DEFAULT_PART_SIZE
+from .persist import Persister
 from .push import push
 from .stage import stage
 from .text import ProgressPrinter
-from .units import parse_size
+from .units import parse_duration, parse_size
 
 
 def _env(name: str, default: str = "") -> str:
@@ -43,10 +45,13 @@ class ColabMagics(Magics):
         _env("COLAB_MAGICS_PART_SIZE", "4G"), help="Largest tar part of a packed dataset (4G, 512M, ...)."
     ).tag(config=True)
     workers = Int(int(_env("COLAB_MAGICS_WORKERS", "4")), help="Parts staged at once.").tag(config=True)
+    sync_interval = Unicode(
+        _env("COLAB_MAGICS_SYNC_INTERVAL", "5m"), help="How often %%persist syncs (30s, 5m, 1h)."
+    ).tag(config=True)
 
     def __init__(self, shell: object = None, **kwargs: object) -> None:
         super().__init__(shell=shell, **kwargs)
-        self._unsubscribe: Callable[[], None] | None = None
+        self._persisters: set[Persister] = set()
 
     # -- shared plumbing --------------------------------------------------------------------
     def _root(self) -> str | None:
@@ -73,7 +78,13 @@ class ColabMagics(Magics):
         return magic.parser.parse_args(argv)  # type: ignore[attr-defined]
 
     def close(self) -> None:
-        """Stop everything this instance started (``%unload_ext``)."""
+        """Stop everything this instance started (``%unload_ext``): persists flush, children stop."""
+        for persister in list(self._persisters):
+            try:
+                persister.stop(final=True)
+            except ColabMagicsError as exc:
+                print(f"colab_magics: final sync of {persister.local} failed: {exc}", file=sys.stderr)
+        self._persisters.clear()
         runner.stop_all()
 
     # -- magics -----------------------------------------------------------------------------
@@ -119,3 +130,57 @@ class ColabMagics(Magics):
 
         result = self._call(work)
         print(result.summary())  # type: ignore[attr-defined]
+
+    @magic_arguments()
+    @argument("dir", help="local folder to keep safe (created if missing)")
+    @argument("--to", dest="dest", help="remote path (default: <remote root>/<basename of DIR>)")
+    @argument("--every", help="sync interval: 30s, 5m, 1h (default: ColabMagics.sync_interval)")
+    @argument("--no-restore", action="store_true", help="do not bring back an earlier sync first")
+    @argument("--mirror", action="store_true", help="also delete on the remote what is deleted locally")
+    @argument("--steal-lock", action="store_true", help="take over from another kernel persisting to the same place")
+    @cell_magic
+    def persist(self, line: str, cell: str) -> None:
+        """Keep DIR safe on the remote while the cell runs.
+
+        Before the cell: restore an earlier sync if DIR is missing or older. While it runs: sync
+        changed files in the background every INTERVAL. When it ends (success, error or Ctrl-C):
+        a final verified sync, then the cell's exception is raised unchanged. Re-running the
+        cell after a lost runtime picks up where the last sync left off.
+        """
+        args: Any = self._parse(self.persist, line)
+
+        def create() -> Persister:
+            every = parse_duration(args.every or self.sync_interval)
+            part_size = parse_size(self.part_size or DEFAULT_PART_SIZE)
+            persister = Persister(args.dir, args.dest, every=every, mirror=args.mirror, part_size=part_size, root=self._root())
+            if not args.no_restore:
+                restored = persister.restore()
+                if restored is not None:
+                    print(f"restored: {restored.summary()}")
+            persister.start(steal_lock=args.steal_lock)
+            return persister
+
+        persister: Persister = self._call(create)  # type: ignore[assignment]
+        self._persisters.add(persister)
+        try:
+            self.shell.ex(self.shell.transform_cell(cell))  # exceptions propagate unchanged
+        except BaseException:
+            self._finish(persister, failing=True)
+            raise
+        self._finish(persister, failing=False)
+
+    def _finish(self, persister: Persister, failing: bool) -> None:
+        """The final sync; while the cell's own error propagates, a sync error is printed, not raised."""
+        self._persisters.discard(persister)
+        try:
+            outcome = self._call(lambda: persister.stop(final=True))
+        except UsageError as exc:
+            if not failing:
+                raise
+            print(f"colab_magics: final sync failed: {exc}", file=sys.stderr)
+            return
+        result = outcome.result  # type: ignore[attr-defined]
+        when = time.strftime("%H:%M:%S")
+        pending = outcome.deferred  # type: ignore[attr-defined]
+        note = f"; {len(pending)} file(s) still changing were left at their previous version" if pending else ""
+        print(f"final sync at {when}: {result.summary()}{note}")

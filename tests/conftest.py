@@ -58,3 +58,18 @@ def remote(request, tmp_path, monkeypatch) -> Remote:
     folder = server.folder / name
     folder.mkdir(parents=True, exist_ok=True)
     return Remote("webdav", f"{server.name}:{name}", folder, server)
+
+
+@pytest.fixture
+def ip():
+    """A real IPython shell with the extension loaded (history off), torn down after."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryAccessor.enabled = False
+    shell = InteractiveShell.instance(config=config)
+    shell.run_line_magic("load_ext", "colab_magics")
+    yield shell
+    shell.run_line_magic("unload_ext", "colab_magics")
+    InteractiveShell.clear_instance()

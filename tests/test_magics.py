@@ -8,20 +8,7 @@ import sys
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
-from traitlets.config import Config
 from trees import make_tree, snapshot
-
-
-@pytest.fixture
-def ip():
-    config = Config()
-    config.HistoryAccessor.enabled = False
-    shell = InteractiveShell.instance(config=config)
-    shell.run_line_magic("load_ext", "colab_magics")
-    yield shell
-    shell.run_line_magic("unload_ext", "colab_magics")
-    InteractiveShell.clear_instance()
 
 
 def test_push_then_stage_with_summaries(ip, tmp_path, capsys, monkeypatch):

@@ -1,0 +1,278 @@
+"""Keeping a local folder safe on a remote while work runs: restore, periodic sync, final flush.
+
+A :class:`Persister` owns one background thread that wakes on a stop event (never a bare
+sleep) to sync every ``every`` seconds, on :meth:`trigger`, and to refresh a lock on the
+remote that stops a second writer.  Each sync is an incremental packed upload
+(:mod:`.packsync`) with copy semantics by default, and tolerant of files still being
+written: those keep their previous remote version and go up at the next sync.  The remote
+therefore always holds a complete, verified version; a killed kernel loses at most one
+interval.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import remotes
+from .errors import ColabMagicsError, LockHeld
+from .events import EventBus, Job
+from .manifest import DEFAULT_PART_SIZE, MANIFEST_NAME, Manifest
+from .packsync import LOCK_NAME, PackedSync, SyncOptions, SyncOutcome
+from .push import default_remote_dest
+from .runner import Rclone
+from .stage import stage
+from .transfer import Context, Result, quietly
+
+DEFAULT_EVERY = 300.0
+LOCK_TTL = 90.0  # a killed kernel's lock blocks a new writer for at most this long
+
+
+class RemoteLock:
+    """One writer per destination: ``.cm-lock.json`` with an owner and an expiry, refreshed."""
+
+    def __init__(self, rclone: Rclone, dest: str, ttl: float = LOCK_TTL) -> None:
+        self.rclone = rclone
+        self.path = remotes.join(dest, LOCK_NAME)
+        self.ttl = ttl
+        self.owner = f"{socket.gethostname()} pid {os.getpid()} ({uuid.uuid4().hex[:8]})"
+
+    def _read(self, ctx: Context) -> dict:
+        raw = ctx.read_optional(self.path)
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write(self) -> None:
+        data = {"owner": self.owner, "expires": time.time() + self.ttl}
+        tmp = f"{self.path}.cm-tmp-{uuid.uuid4().hex[:8]}"
+        self.rclone.run("rcat", tmp, input=json.dumps(data).encode())
+        self.rclone.run("moveto", tmp, self.path)
+
+    def acquire(self, ctx: Context, steal: bool = False) -> None:
+        held = self._read(ctx)
+        left = float(held.get("expires", 0)) - time.time()
+        if held.get("owner") not in (None, self.owner) and left > 0 and not steal:
+            raise LockHeld(
+                f"{self.path.rsplit('/', 1)[0]} is being persisted by {held['owner']} (lock expires in "
+                f"{int(left) + 1}s); stop that persist first, wait, or take over with --steal-lock"
+            )
+        self._write()
+        if self._read(ctx).get("owner") != self.owner:
+            raise LockHeld(f"another kernel took the lock on {self.path} at the same moment; try again")
+
+    def refresh(self) -> None:
+        self._write()
+
+    def release(self, ctx: Context) -> None:
+        if self._read(ctx).get("owner") == self.owner:
+            quietly(self.rclone, "deletefile", self.path)
+
+
+@dataclass
+class PersistStatus:
+    """What the panel shows for one persist."""
+
+    local: str
+    dest: str
+    state: str  # starting, idle, syncing, paused, error, stopped
+    last_sync: float | None  # wall-clock time of the last successful sync
+    last_error: str
+    pending: list[str]  # files left for the next sync (still being written)
+    syncs: int
+    last_result: Result | None
+
+
+class Persister:
+    """Restore, then keep ``local`` synced to ``dest`` until :meth:`stop`, which flushes."""
+
+    def __init__(
+        self,
+        local: str | os.PathLike[str],
+        dest: str | None = None,
+        *,
+        every: float = DEFAULT_EVERY,
+        mirror: bool = False,
+        compress: bool = False,
+        part_size: int = DEFAULT_PART_SIZE,
+        settle: float = 2.0,
+        root: str | None = None,
+        rclone: Rclone | None = None,
+        events: EventBus | None = None,
+        lock_ttl: float = LOCK_TTL,
+    ) -> None:
+        self.local = os.path.abspath(os.fspath(local))
+        self.dest = remotes.resolve(dest, root) if dest else default_remote_dest(self.local, root)
+        self.every = every
+        self.settle = settle
+        self.options = SyncOptions("zstd" if compress else "none", part_size, keep_deleted=not mirror, tolerant=True)
+        self.rclone = rclone or Rclone()
+        self.events = events
+        self.name = f"persist {os.path.basename(self.local)}"
+        self.lock = RemoteLock(self.rclone, self.dest, lock_ttl)
+        self._manifest: Manifest | None = None
+        self._sync_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._paused = False
+        self._waiting: list[Future] = []
+        self._thread: threading.Thread | None = None
+        self._status = PersistStatus(self.local, self.dest, "starting", None, "", [], 0, None)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def restore(self) -> Result | None:
+        """Bring back the last sync if ``local`` is missing, or files that are missing or older locally."""
+        ctx = self._context()
+        raw = ctx.read_optional(remotes.join(self.dest, MANIFEST_NAME))
+        if raw is None:
+            return None
+        manifest = Manifest.from_json(raw, self.dest)
+        if not os.path.isdir(self.local) or not any(os.scandir(self.local)):
+            return stage(self.dest, self.local, force=True, rclone=self.rclone, events=self.events)
+        need = [f for f in manifest.files if _older(os.path.join(self.local, f.path), f.mtime_ns)]
+        if not need:
+            return None
+        tmp = Path(self.local).parent / f".{Path(self.local).name}.cm-restore"
+        try:
+            result = stage(self.dest, tmp, force=True, rclone=self.rclone, events=self.events)
+            for f in need:
+                target = os.path.join(self.local, f.path)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(tmp / f.path, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        result.files, result.bytes = len(need), sum(f.size for f in need)
+        return result
+
+    def start(self, steal_lock: bool = False) -> None:
+        """Take the lock on the destination and start the background sync."""
+        os.makedirs(self.local, exist_ok=True)
+        ctx = self._context()
+        self.lock.acquire(ctx, steal=steal_lock)
+        try:
+            self._manifest = PackedSync(ctx, self.local, self.dest, self.options).load_old()
+        except BaseException:
+            self.lock.release(ctx)
+            raise
+        self._set(state="idle")
+        self._thread = threading.Thread(target=self._loop, name=f"colab_magics-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, final: bool = True, timeout: float = 30.0) -> SyncOutcome | None:
+        """Stop the thread, then (``final``) sync once more in this thread and release the lock."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        try:
+            return self.sync(settle=0.0) if final else None
+        finally:
+            self._set(state="stopped")
+            self.lock.release(self._context())
+            for future in self._drain_waiting():
+                if not future.done():
+                    future.cancel()
+
+    # -- control (the panel's buttons) --------------------------------------------------------
+    def trigger(self) -> Future:
+        """Sync as soon as possible; the future resolves with that sync's outcome."""
+        future: Future = Future()
+        with self._state_lock:
+            self._waiting.append(future)
+        self._wake.set()
+        return future
+
+    def pause(self) -> None:
+        self._set(paused=True)
+
+    def resume(self) -> None:
+        self._set(paused=False)
+        self._wake.set()
+
+    def status(self) -> PersistStatus:
+        with self._state_lock:
+            return PersistStatus(**vars(self._status))
+
+    # -- work -------------------------------------------------------------------------------
+    def sync(self, settle: float | None = None) -> SyncOutcome:
+        """One incremental sync now (serialised with the background one)."""
+        with self._sync_lock:
+            self._set(state="syncing")
+            ctx = self._context()
+            options = SyncOptions(**{**vars(self.options), "settle": self.settle if settle is None else settle})
+            try:
+                outcome = PackedSync(ctx, self.local, self.dest, options).run(self._manifest, fetch_old=False)
+            except BaseException as exc:
+                self._set(state="error", last_error=str(exc) or type(exc).__name__)
+                ctx.job.fail(str(exc) or type(exc).__name__)
+                raise
+            self._manifest = outcome.manifest
+            with self._state_lock:
+                s = self._status
+                s.state, s.last_error, s.pending = ("paused" if self._paused else "idle"), "", outcome.deferred
+                s.last_sync, s.syncs, s.last_result = time.time(), s.syncs + 1, outcome.result
+            ctx.job.finish(outcome.result.summary())
+            return outcome
+
+    def _loop(self) -> None:
+        next_sync = time.monotonic() + self.every
+        next_beat = time.monotonic() + self.lock.ttl / 3
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, min(next_sync, next_beat) - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + self.lock.ttl / 3
+                try:
+                    self.lock.refresh()
+                except ColabMagicsError as exc:
+                    self._set(last_error=f"could not refresh the lock: {exc}")
+            waiting = self._drain_waiting()
+            if not waiting and (now < next_sync or self._paused):
+                continue
+            try:
+                outcome = self.sync()
+            except Exception as exc:  # recorded in the status; the next interval tries again
+                for future in waiting:
+                    future.set_exception(exc)
+            else:
+                for future in waiting:
+                    future.set_result(outcome)
+            next_sync = time.monotonic() + self.every
+
+    def _drain_waiting(self) -> list[Future]:
+        with self._state_lock:
+            waiting, self._waiting = self._waiting, []
+        return waiting
+
+    def _set(self, **changes: object) -> None:
+        with self._state_lock:
+            if "paused" in changes:
+                self._paused = bool(changes.pop("paused"))
+                if self._status.state in ("idle", "paused"):
+                    self._status.state = "paused" if self._paused else "idle"
+            for key, value in changes.items():
+                setattr(self._status, key, value)
+
+    def _context(self) -> Context:
+        return Context(self.rclone, Job(self.name, "up", self.events), None)
+
+
+def _older(path: str, mtime_ns: int) -> bool:
+    try:
+        return os.stat(path).st_mtime_ns < mtime_ns
+    except FileNotFoundError:
+        return True

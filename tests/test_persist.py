@@ -1,0 +1,185 @@
+"""%%persist and the Persister: restore, background sync, final flush, lock, copy semantics."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+from IPython.core.error import UsageError
+from trees import snapshot
+
+import colab_magics as cm
+from colab_magics import errors
+from colab_magics.manifest import Manifest
+from colab_magics.persist import Persister
+
+
+def _remote_files(folder) -> dict[str, int]:
+    manifest = Manifest.from_json((folder / "manifest.json").read_bytes(), "t")
+    return {f.path: f.size for f in manifest.files}
+
+
+def test_cell_outputs_end_flushed_and_verified(ip, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ip.run_cell_magic("persist", "outputs --every 1h", "import os\nos.makedirs('outputs/ckpt', exist_ok=True)\n"
+                      "open('outputs/ckpt/model.pt','wb').write(b'x'*5000)\nopen('outputs/log.txt','w').write('done')")  # fmt: skip
+    out = capsys.readouterr().out
+    assert "final sync at" in out and "pushed" in out
+    remote = tmp_path / "default-remote" / "outputs"
+    assert _remote_files(remote) == {"ckpt/model.pt": 5000, "log.txt": 4}
+    assert not (remote / ".cm-lock.json").exists()  # released
+
+
+@pytest.mark.parametrize("error", ["ValueError('boom')", "KeyboardInterrupt()"])
+def test_final_sync_happens_on_error_and_error_is_unchanged(ip, tmp_path, monkeypatch, error):
+    monkeypatch.chdir(tmp_path)
+    cell = f"open('outputs/partial.txt','w').write('saved')\nraise {error}"
+    with pytest.raises((ValueError, KeyboardInterrupt)) as info:
+        ip.run_cell_magic("persist", "outputs", cell)
+    assert type(info.value).__name__ == error.split("(")[0]
+    assert _remote_files(tmp_path / "default-remote" / "outputs") == {"partial.txt": 5}
+
+
+def test_rerun_after_lost_runtime_restores(ip, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ip.run_cell_magic("persist", "outputs", "open('outputs/epoch.txt','w').write('7')")
+    import shutil
+
+    shutil.rmtree(tmp_path / "outputs")  # the runtime died with its disk
+    capsys.readouterr()
+    ip.run_cell_magic("persist", "outputs", "restored_epoch = open('outputs/epoch.txt').read()")
+    assert ip.user_ns["restored_epoch"] == "7"
+    assert "restored:" in capsys.readouterr().out
+    ip.run_cell_magic("persist", "outputs --no-restore", "pass")  # nothing to restore, nothing breaks
+
+
+def test_restore_brings_back_only_missing_or_older_files(tmp_path):
+    local = tmp_path / "out"
+    local.mkdir()
+    (local / "a.txt").write_text("remote a")
+    (local / "b.txt").write_text("remote b")
+    p = Persister(local, every=3600)
+    p.start()
+    p.stop()
+    os.unlink(local / "a.txt")
+    (local / "b.txt").write_text("newer local b")
+    restored = Persister(local, every=3600).restore()
+    assert restored is not None and restored.files == 1
+    assert (local / "a.txt").read_text() == "remote a" and (local / "b.txt").read_text() == "newer local b"
+
+
+def test_background_sync_while_the_cell_runs(remote, tmp_path, monkeypatch):
+    local = tmp_path / "outputs"
+    local.mkdir()
+    p = Persister(local, remote.root + "/run", every=0.3, settle=0.05)
+    p.start()
+    try:
+        (local / "ckpt-1.pt").write_bytes(os.urandom(30_000))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if "ckpt-1.pt" in _remote_files(remote.folder / "run"):
+                    break
+            except (FileNotFoundError, errors.ManifestError):
+                pass
+            time.sleep(0.1)
+        assert "ckpt-1.pt" in _remote_files(remote.folder / "run")  # synced while still "running"
+        (local / "ckpt-2.pt").write_bytes(os.urandom(1000))
+        time.sleep(0.1)
+        outcome = p.trigger().result(timeout=30)  # the panel's "Sync now"
+        assert "ckpt-2.pt" in _remote_files(remote.folder / "run") and outcome.result.files == 2
+        assert p.status().syncs >= 2 and p.status().last_sync is not None
+    finally:
+        p.stop()
+    cm.stage(remote.root + "/run", tmp_path / "back")
+    assert snapshot(tmp_path / "back") == snapshot(local)
+
+
+def test_copy_semantics_keep_deleted_files_unless_mirror(tmp_path):
+    local = tmp_path / "out"
+    local.mkdir()
+    (local / "keep.txt").write_text("k")
+    (local / "gone.txt").write_text("g")
+    p = Persister(local, "copy", every=3600)
+    p.start()
+    p.stop()
+    os.unlink(local / "gone.txt")
+    p = Persister(local, "copy", every=3600)
+    p.start()
+    p.stop()
+    assert set(_remote_files(tmp_path / "default-remote" / "copy")) == {"keep.txt", "gone.txt"}
+    p = Persister(local, "copy", every=3600, mirror=True)
+    p.start()
+    p.stop()
+    assert set(_remote_files(tmp_path / "default-remote" / "copy")) == {"keep.txt"}
+    assert len(list((tmp_path / "default-remote" / "copy" / "parts").rglob("*.tar"))) == 1
+
+
+def test_second_writer_gets_a_clear_error_then_can_steal(ip, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    other = Persister(tmp_path / "outputs", every=3600)  # another kernel's persist
+    other.start()
+    try:
+        with pytest.raises(UsageError, match="being persisted by .* --steal-lock"):
+            ip.run_cell_magic("persist", "outputs", "pass")
+        ip.run_cell_magic("persist", "outputs --steal-lock", "open('outputs/x','w').write('x')")
+    finally:
+        other.stop(final=False)
+
+
+def test_expired_lock_of_a_dead_kernel_does_not_block(tmp_path):
+    dest = tmp_path / "default-remote" / "out"
+    dest.mkdir(parents=True)
+    (dest / ".cm-lock.json").write_text(json.dumps({"owner": "dead kernel", "expires": time.time() - 1}))
+    p = Persister(tmp_path / "out", every=3600)
+    p.start()
+    p.stop()
+
+
+def test_file_still_being_written_keeps_previous_version(tmp_path):
+    local = tmp_path / "out"
+    local.mkdir()
+    log = local / "train.log"
+    log.write_bytes(b"first version\n")
+    p = Persister(local, every=3600, settle=0.0)
+    p.start()
+    p.sync()
+    stop = threading.Event()
+
+    def append():
+        with open(log, "ab") as fh:
+            while not stop.is_set():
+                fh.write(os.urandom(2048))
+                fh.flush()
+                time.sleep(0.001)
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        time.sleep(0.05)
+        outcome = p.sync()  # tolerant: no error, the torn file is left for later
+    finally:
+        stop.set()
+        writer.join()
+    assert "train.log" in outcome.deferred
+    cm.stage(str(tmp_path / "default-remote" / "out"), tmp_path / "check")
+    assert (tmp_path / "check" / "train.log").read_bytes() == b"first version\n"
+    final = p.stop()
+    assert final.deferred == []
+    cm.stage(str(tmp_path / "default-remote" / "out"), tmp_path / "check")
+    assert (tmp_path / "check" / "train.log").read_bytes() == log.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "line, match",
+    [("outputs --every abc", "cannot read 'abc'"), ("outputs --every 0", "positive"), ("", "required|arguments"),
+     ("outputs --to nosuch:x", "unknown remote")],
+)  # fmt: skip
+def test_bad_persist_flags(ip, tmp_path, monkeypatch, line, match):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=match):
+        ip.run_cell_magic("persist", line, "raise AssertionError('the cell must not run')")
