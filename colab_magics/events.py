@@ -13,7 +13,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 Listener = Callable[["Event"], None]
@@ -151,48 +151,90 @@ atexit.register(bus.close)
 
 
 class Job:
-    """A running stage or push: publishes its events and keeps its latest progress."""
+    """A running stage or push: counts its progress and publishes it, at most ``RATE`` times a second.
+
+    Workers call :meth:`add` for every chunk; counting is a few integer additions under a lock,
+    and an event is built only when one is due, so accounting never slows a transfer.
+    """
+
+    RATE = 10.0
 
     def __init__(self, name: str, direction: str, events: EventBus | None = None) -> None:
         self.id = next(_job_ids)
         self.name = name
         self.direction = direction
-        self.progress = Progress()
         self._events = events or bus
         self._started = time.monotonic()
         self._lock = threading.Lock()
+        self._done_bytes = self._done_files = self._total_bytes = self._total_files = 0
+        self._rate: float | None = None  # given by rclone's stats, else derived
+        self._eta: float | None = None
+        self._last_publish = 0.0
+
+    @property
+    def progress(self) -> Progress:
+        with self._lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> Progress:
+        rate, eta = self._rate, self._eta
+        if rate is None:
+            rate = self._done_bytes / max(time.monotonic() - self._started, 1e-6)
+            left = self._total_bytes - self._done_bytes
+            eta = left / rate if rate > 0 and self._total_bytes else None
+        return Progress(self._done_bytes, self._total_bytes, rate, eta, self._done_files, self._total_files)
 
     def _publish(self, kind: str, message: str = "") -> None:
         self._events.publish(Event(self.id, self.name, self.direction, kind, self.progress, message))
 
+    def _maybe_publish(self, force: bool) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._last_publish < 1.0 / self.RATE:
+                return
+            self._last_publish = now
+            progress = self._snapshot()
+        self._events.publish(Event(self.id, self.name, self.direction, "progress", progress))
+
     def start(self, message: str = "") -> None:
         self._publish("started", message)
 
-    def update(self, **changes: object) -> None:
-        """Set progress fields; rate and ETA follow from bytes unless given."""
+    def update(
+        self,
+        *,
+        done_bytes: int | None = None,
+        total_bytes: int | None = None,
+        done_files: int | None = None,
+        total_files: int | None = None,
+        rate: float | None = None,
+        eta: float | None = None,
+    ) -> None:
+        """Set progress fields (rate and ETA are derived from bytes unless given) and publish."""
         with self._lock:
-            self.progress = self._derive(replace(self.progress, **changes), "rate" in changes)  # type: ignore[arg-type]
-        self._publish("progress")
+            if done_bytes is not None:
+                self._done_bytes = done_bytes
+            if total_bytes is not None:
+                self._total_bytes = total_bytes
+            if done_files is not None:
+                self._done_files = done_files
+            if total_files is not None:
+                self._total_files = total_files
+            if rate is not None:
+                self._rate, self._eta = rate, eta
+        self._maybe_publish(force=total_bytes is not None or total_files is not None)
 
     def add(self, done_bytes: int = 0, done_files: int = 0) -> None:
         """Count more bytes and files done (thread-safe, for parallel workers)."""
         with self._lock:
-            p = self.progress
-            p = replace(p, done_bytes=p.done_bytes + done_bytes, done_files=p.done_files + done_files)
-            self.progress = self._derive(p, False)
-        self._publish("progress")
-
-    def _derive(self, p: Progress, rate_given: bool) -> Progress:
-        if rate_given:
-            return p
-        rate = p.done_bytes / max(time.monotonic() - self._started, 1e-6)
-        eta = (p.total_bytes - p.done_bytes) / rate if rate > 0 and p.total_bytes else None
-        return replace(p, rate=rate, eta=eta)
+            self._done_bytes += done_bytes
+            self._done_files += done_files
+        self._maybe_publish(force=False)
 
     def message(self, text: str) -> None:
         self._publish("message", text)
 
     def finish(self, summary: str) -> None:
+        self._maybe_publish(force=True)
         self._publish("finished", summary)
 
     def fail(self, error: str) -> None:

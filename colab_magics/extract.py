@@ -65,6 +65,7 @@ class Extractor:
         self._made: set[str] = {""}
         self._links: list[tuple[str, str]] = []
         self._hardlinks: list[tuple[str, str]] = []
+        self._budget = 0
 
     def _parent_ready(self, rel: str) -> str:
         parent = posixpath.dirname(rel)
@@ -78,12 +79,17 @@ class Extractor:
         return os.path.join(self.root, rel)
 
     def check_space(self, size: int) -> None:
+        """Refuse an entry that cannot fit; ``statvfs`` is asked again only when a budget runs out."""
+        if size <= self._budget:
+            self._budget -= size
+            return
         free = shutil.disk_usage(self.root).free
         if size + _DISK_MARGIN > free:
             raise DiskFull(
                 f"not enough disk space in {self.root.parent}: an entry needs {size:,} bytes, "
                 f"{free:,} are free; free some space or stage to a larger disk"
             )
+        self._budget = (free - _DISK_MARGIN - size) // 4  # parallel writers share the disk
 
     def write_file(
         self,

@@ -44,14 +44,24 @@ def _header(path: str) -> int:
     return BLOCK if simple else 3 * BLOCK + _round(len(raw) + 64)
 
 
-def plan(files: list[FileStat], part_size: int) -> list[list[Piece]]:
-    """Group files into parts of at most ``part_size`` bytes; larger files are split."""
+MAX_MEMBERS = 1000
+
+
+def plan(files: list[FileStat], part_size: int, max_members: int = MAX_MEMBERS) -> list[list[Piece]]:
+    """Group files into parts of at most ``part_size`` bytes and ``max_members`` files.
+
+    Larger files are split.  The member cap keeps many small files in several parts, which
+    stage downloads and extracts in parallel and resumes part by part.
+    """
     if part_size < 64 * 1024:
         raise BadInput(f"part size {part_size:,} bytes is too small; use at least 64 KiB (default 4 GiB)")
     parts: list[list[Piece]] = [[]]
     used = _END
     for f in files:
         cost = _header(f.path) + _round(f.size)
+        if len(parts[-1]) >= max_members:
+            parts.append([])
+            used = _END
         if used + cost <= part_size:
             parts[-1].append(Piece(f, 0, f.size))
             used += cost

@@ -17,6 +17,7 @@ import atexit
 import json
 import os
 import re
+import select
 import shlex
 import signal
 import subprocess
@@ -84,6 +85,10 @@ class RcloneProcess:
             # its own session: the terminal's Ctrl-C reaches us, and we stop the child in order
             start_new_session=True,
         )
+        try:  # Linux 5.3+: a descriptor that becomes readable when the child exits
+            self._pidfd: int | None = os.pidfd_open(self.proc.pid)  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            self._pidfd = None
         with _live_lock:
             _live.add(self)
         self._reader = threading.Thread(target=self._read_stderr, name="rclone-stderr", daemon=True)
@@ -131,17 +136,29 @@ class RcloneProcess:
             except ValueError:
                 self._tail.append(line)
 
+    def _exited_within(self, timeout: float) -> bool:
+        """Block until the child exits or ``timeout`` passes; wakes at once on exit (pidfd)."""
+        pidfd = self._pidfd
+        if pidfd is not None:
+            try:
+                ready, _, _ = select.select([pidfd], [], [], timeout)
+                return bool(ready)
+            except (OSError, ValueError):  # closed by a concurrent stop()
+                return self.proc.poll() is not None
+        try:
+            self.proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
     def wait(self, cancel: threading.Event | None = None) -> int:
         """Wait for exit; Ctrl-C or ``cancel`` stops the child and raises."""
         try:
-            while True:
-                try:
-                    rc = self.proc.wait(timeout=0.1)
-                    break
-                except subprocess.TimeoutExpired:
-                    if cancel is not None and cancel.is_set():
-                        self.stop()
-                        raise TransferCancelled("transfer cancelled") from None
+            while not self._exited_within(0.1):
+                if cancel is not None and cancel.is_set():
+                    self.stop()
+                    raise TransferCancelled("transfer cancelled")
+            rc = self.proc.wait()
         except BaseException:
             self.stop()
             raise
@@ -211,6 +228,9 @@ class RcloneProcess:
     def _forget(self) -> None:
         with _live_lock:
             _live.discard(self)
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
 
     def __enter__(self) -> "RcloneProcess":
         return self

@@ -173,7 +173,7 @@ class _Stage:
             raise
         snapshot = localtree.scan(self.tree)
         replace_tree(self.tree, self.dest, self.work / "old")
-        write_json(self.state_file, {"identity": identity, "tree": localtree.fingerprint_of(self.dest)})
+        write_json(self.state_file, {"identity": identity, "tree": snapshot.fingerprint()})
         shutil.rmtree(self.work, ignore_errors=True)
         result = self.result(kind, len(snapshot.files), snapshot.total_bytes, note=note)
         result.reused_parts = reused
