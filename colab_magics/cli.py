@@ -7,6 +7,8 @@ the summary goes to stdout.  Expected failures exit 1 with one plain line, Ctrl-
 from __future__ import annotations
 
 import argparse
+import signal
+import subprocess
 import sys
 from typing import Sequence
 
@@ -14,10 +16,11 @@ from . import __version__
 from .errors import ColabMagicsError
 from .events import bus
 from .manifest import DEFAULT_PART_SIZE
+from .persist import Persister
 from .push import push
 from .stage import stage
 from .text import ProgressPrinter
-from .units import parse_size
+from .units import parse_duration, parse_size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,17 +42,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", action="store_true", help="store a folder as tar parts plus a manifest")
     p.add_argument("--compress", action="store_true", help="with --pack: zstd-compress the parts")
     p.add_argument("--part-size", default=DEFAULT_PART_SIZE, type=parse_size, help="with --pack: largest part (default 4G)")
+
+    k = sub.add_parser(
+        "persist",
+        help="run a command while DIR is kept safe on the remote",
+        description="Restore DIR, run COMMAND while syncing DIR in the background, sync a last time "
+        "whatever the exit status, and exit with COMMAND's status.",
+    )
+    k.add_argument("dir", help="local folder to keep safe")
+    k.add_argument("--to", dest="dest", help="remote path (default: <remote root>/<basename of DIR>)")
+    k.add_argument("--every", default="5m", type=parse_duration, help="sync interval: 30s, 5m, 1h (default 5m)")
+    k.add_argument("--no-restore", action="store_true", help="do not bring back an earlier sync first")
+    k.add_argument("--mirror", action="store_true", help="also delete on the remote what is deleted locally")
+    k.add_argument("--steal-lock", action="store_true", help="take over from another writer")
+    k.usage = "colab-magics persist DIR [options] -- COMMAND [ARGS...]"
     return parser
+
+
+def _persist(args: argparse.Namespace) -> int:
+    """Restore, start syncing, run the command, final sync whatever happens, pass its status on."""
+    command = args.run
+    if not command:
+        raise ColabMagicsError("give the command to run after --, e.g. colab-magics persist outputs -- python train.py")
+    persister = Persister(args.dir, args.dest, every=args.every, mirror=args.mirror)
+    if not args.no_restore:
+        restored = persister.restore()
+        if restored is not None:
+            print(f"colab-magics: restored: {restored.summary()}", file=sys.stderr)
+    persister.start(steal_lock=args.steal_lock)
+    child: subprocess.Popen | None = None
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        child = subprocess.Popen(command)
+        signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))  # type: ignore[union-attr]
+        while True:
+            try:
+                rc = child.wait()
+                break
+            except KeyboardInterrupt:  # the terminal interrupted the child too; let it finish
+                continue
+    except FileNotFoundError:
+        print(f"colab-magics: error: command not found: {command[0]}", file=sys.stderr)
+        rc = 127
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        outcome = persister.stop(final=True)
+        print(f"colab-magics: final sync: {outcome.result.summary()}", file=sys.stderr)  # type: ignore[union-attr]
+    return 128 - rc if rc < 0 else rc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run: list[str] = []
+    if argv[:1] == ["persist"] and "--" in argv:  # everything after -- is the command, options included
+        cut = argv.index("--")
+        argv, run = argv[:cut], argv[cut + 1 :]
     try:
         args = parser.parse_args(argv)
-    except ColabMagicsError as exc:  # a --part-size that does not parse
+        args.run = run
+    except ColabMagicsError as exc:  # a size or duration that does not parse
         parser.error(str(exc))
     unsubscribe = bus.subscribe(ProgressPrinter(sys.stderr))
     try:
+        if args.command == "persist":
+            status = _persist(args)
+            _quiet_stop(unsubscribe)
+            return status
         if args.command == "stage":
             if args.workers < 1:
                 raise ColabMagicsError("--workers must be at least 1")

@@ -183,3 +183,29 @@ def test_bad_persist_flags(ip, tmp_path, monkeypatch, line, match):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UsageError, match=match):
         ip.run_cell_magic("persist", line, "raise AssertionError('the cell must not run')")
+
+
+def test_cli_persist_syncs_and_passes_the_exit_status_on(tmp_path):
+    import subprocess
+    import sys
+
+    script = "import os,sys; os.makedirs('out', exist_ok=True); open('out/result.txt','w').write('42'); sys.exit(3)"
+    run = subprocess.run(
+        [sys.executable, "-m", "colab_magics.cli", "persist", "out", "--every", "1h", "--", sys.executable, "-c", script],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 3, run.stderr
+    assert "final sync" in run.stderr and "Traceback" not in run.stderr
+    assert _remote_files(tmp_path / "default-remote" / "out") == {"result.txt": 2}
+    (tmp_path / "out" / "result.txt").unlink()
+    again = subprocess.run(
+        [sys.executable, "-m", "colab_magics.cli", "persist", "out", "--", sys.executable, "-c",
+         "print(open('out/result.txt').read())"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 0 and again.stdout.strip() == "42" and "restored" in again.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "colab_magics.cli", "persist", "out", "--", "no-such-command-xyz"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert missing.returncode == 127 and "command not found" in missing.stderr
