@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import localtree, remotes
-from .errors import BadInput, RemoteNotFound, SourceChanged
+from .errors import BadInput, RemoteNotFound, SourceChanged, TransferCancelled
 from .extract import check_symlink
 from .manifest import (
     DEFAULT_PART_SIZE,
@@ -50,14 +50,14 @@ class SyncOptions:
     part_size: int = DEFAULT_PART_SIZE
     keep_deleted: bool = False
     tolerant: bool = False
-    settle: float = 0.0  # files modified less than this many seconds ago wait for the next sync
+    settle: float = 0.0  # wait (up to 3x this) until no file was modified for this long
 
 
 @dataclass
 class SyncOutcome:
     result: Result
     manifest: Manifest
-    deferred: list[str] = field(default_factory=list)  # left for the next sync (still being written)
+    deferred: list[str] = field(default_factory=list)  # changed while read: previous version kept, next sync retries
     uploaded_files: int = 0
     uploaded_bytes: int = 0
 
@@ -99,8 +99,26 @@ class PackedSync:
         return tree
 
     # -- the algorithm --------------------------------------------------------------------------
-    def run(self, old: Manifest | None = None, *, fetch_old: bool = True) -> SyncOutcome:
+    def settled_scan(self) -> localtree.Tree:
+        """A scan taken once the folder has been quiet for ``settle`` seconds, or after 3x that.
+
+        A file caught mid-write is still detected later (its ``stat`` changes while it is read);
+        waiting first makes that rare for checkpoints written in bursts.
+        """
         tree = self.scan()
+        settle = self.opt.settle
+        deadline = time.monotonic() + 3 * settle
+        while settle and time.monotonic() < deadline:
+            newest = max((f.mtime_ns for f in tree.files), default=0) / 1e9
+            if time.time() - newest >= settle:
+                break
+            if self.ctx.cancel.wait(min(0.1, settle)):
+                raise TransferCancelled("sync cancelled")
+            tree = self.scan()
+        return tree
+
+    def run(self, old: Manifest | None = None, *, fetch_old: bool = True) -> SyncOutcome:
+        tree = self.settled_scan()
         if fetch_old:
             old = self.load_old()
         if old is not None and old.compression != self.opt.compression:
@@ -108,18 +126,14 @@ class PackedSync:
                 self.opt.compression = old.compression  # one dataset, one compression
             else:
                 old = None  # a full re-upload in the new compression
-        now = time.time()
         current = {f.path: f for f in tree.files}
         old_files = {f.path: f for f in old.files} if old else {}
-        deferred = {p for p, f in current.items() if self.opt.settle and now - f.mtime_ns / 1e9 < self.opt.settle}
         unchanged = {
             p for p, f in current.items() if p in old_files and old_files[p].stat_key() == (p, f.size, f.mtime_ns, f.mode)
         }
-        must_keep = {p for p in deferred if p in old_files}
-        if self.opt.keep_deleted:
-            must_keep |= set(old_files) - set(current)
+        must_keep = set(old_files) - set(current) if self.opt.keep_deleted else set()
         served = self._served_from_old(old, old_files, unchanged | must_keep, must_keep)
-        to_upload = sorted(p for p in current if p not in served and p not in deferred)
+        to_upload = sorted(p for p in current if p not in served)
         total = sum(current[p].size for p in to_upload)
         self.ctx.job.update(total_bytes=total, total_files=len(to_upload))
 
@@ -133,7 +147,7 @@ class PackedSync:
                 new_parts.append((entry, pieces))
             manifest, final = self._build(tree, old, old_files, served, new_parts, torn, digests, must_keep)
             if old is not None and not new_parts and manifest.to_json() == old.to_json():
-                return SyncOutcome(self._result(final, up_to_date=True), old, sorted(deferred | torn))
+                return SyncOutcome(self._result(final, up_to_date=True), old, sorted(torn))
             self._put_manifest(manifest)
         except BaseException:
             for entry, _ in new_parts:
@@ -143,7 +157,7 @@ class PackedSync:
         moved = sum(current[p].size for p in to_upload if p not in torn)
         result = self._result(final, moved_files=len([p for p in to_upload if p not in torn]), moved_bytes=moved)
         result.reused_parts = len(manifest.parts) - len(new_parts)
-        return SyncOutcome(result, manifest, sorted(deferred | torn), result.moved_files or 0, moved)
+        return SyncOutcome(result, manifest, sorted(torn), result.moved_files or 0, moved)
 
     @staticmethod
     def _served_from_old(old: Manifest | None, old_files: dict, live: set[str], must_keep: set[str]) -> set[str]:

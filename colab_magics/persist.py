@@ -43,7 +43,8 @@ class RemoteLock:
         self.rclone = rclone
         self.path = remotes.join(dest, LOCK_NAME)
         self.ttl = ttl
-        self.owner = f"{socket.gethostname()} pid {os.getpid()} ({uuid.uuid4().hex[:8]})"
+        self.host = socket.gethostname()
+        self.owner = f"{self.host} pid {os.getpid()} ({uuid.uuid4().hex[:8]})"
 
     def _read(self, ctx: Context) -> dict:
         raw = ctx.read_optional(self.path)
@@ -54,7 +55,7 @@ class RemoteLock:
         return data if isinstance(data, dict) else {}
 
     def _write(self) -> None:
-        data = {"owner": self.owner, "expires": time.time() + self.ttl}
+        data = {"owner": self.owner, "host": self.host, "pid": os.getpid(), "expires": time.time() + self.ttl}
         tmp = f"{self.path}.cm-tmp-{uuid.uuid4().hex[:8]}"
         self.rclone.run("rcat", tmp, input=json.dumps(data).encode())
         self.rclone.run("moveto", tmp, self.path)
@@ -62,7 +63,7 @@ class RemoteLock:
     def acquire(self, ctx: Context, steal: bool = False) -> None:
         held = self._read(ctx)
         left = float(held.get("expires", 0)) - time.time()
-        if held.get("owner") not in (None, self.owner) and left > 0 and not steal:
+        if held.get("owner") not in (None, self.owner) and left > 0 and not steal and not _dead_here(held):
             raise LockHeld(
                 f"{self.path.rsplit('/', 1)[0]} is being persisted by {held['owner']} (lock expires in "
                 f"{int(left) + 1}s); stop that persist first, wait, or take over with --steal-lock"
@@ -105,7 +106,7 @@ class Persister:
         mirror: bool = False,
         compress: bool = False,
         part_size: int = DEFAULT_PART_SIZE,
-        settle: float = 2.0,
+        settle: float = 0.5,
         root: str | None = None,
         rclone: Rclone | None = None,
         events: EventBus | None = None,
@@ -269,6 +270,19 @@ class Persister:
 
     def _context(self) -> Context:
         return Context(self.rclone, Job(self.name, "up", self.events), None)
+
+
+def _dead_here(lock: dict) -> bool:
+    """A lock taken on this machine by a process that no longer exists (a killed kernel)."""
+    if lock.get("host") != socket.gethostname() or not isinstance(lock.get("pid"), int):
+        return False
+    try:
+        os.kill(lock["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _older(path: str, mtime_ns: int) -> bool:
