@@ -19,7 +19,7 @@ import stat
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Callable
 
 from .errors import ColabMagicsError, UnsafeArchive
 
@@ -172,17 +172,18 @@ class Extractor:
             os.chmod(os.path.join(self.root, rel), mode | stat.S_IRWXU)
 
 
-def tar_members(stream: IO[bytes]) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
-    """Members of a tar stream (plain, gzip, bz2 or xz), read once, in order."""
-    with tarfile.open(fileobj=stream, mode="r|*", bufsize=CHUNK) as tf:
-        for member in tf:
-            yield member, tf
-
-
 def extract_tar(stream: IO[bytes], ex: Extractor, on_bytes: Callable[[int], None] | None = None) -> int:
     """Extract a whole tar stream into ``ex``; returns the number of files written."""
     files = 0
-    for member, tf in tar_members(stream):
+    with tarfile.open(fileobj=stream, mode="r|*", bufsize=CHUNK) as tf:
+        files = _extract_members(tf, ex, on_bytes)
+    ex.finish()
+    return files
+
+
+def _extract_members(tf: tarfile.TarFile, ex: Extractor, on_bytes: Callable[[int], None] | None) -> int:
+    files = 0
+    for member in tf:
         rel = safe_relpath(member.name, ex.what)
         if member.isdir():
             ex.add_dir(rel, member.mode)
@@ -200,7 +201,6 @@ def extract_tar(stream: IO[bytes], ex: Extractor, on_bytes: Callable[[int], None
             ex.add_hardlink(rel, member.linkname)
         else:
             raise UnsafeArchive(f"{ex.what} entry {member.name!r} is a device or special file; refusing to extract")
-    ex.finish()
     return files
 
 

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import localtree, remotes
-from .errors import BadInput, RemoteNotFound, SourceChanged, TransferCancelled
+from .errors import BadInput, RemoteNotFound, SourceChanged, TransferCancelled, VerificationError
 from .extract import check_symlink
 from .manifest import (
     DEFAULT_PART_SIZE,
@@ -82,7 +82,7 @@ class PackedSync:
             existing = self.ctx.rc.json("lsjson", "--max-depth", "1", self.dest)
         except RemoteNotFound:
             return None
-        foreign = [e for e in existing or [] if e["Path"] not in _OURS and ".cm-tmp" not in e["Path"]]  # type: ignore[union-attr]
+        foreign = [e for e in existing or [] if e["Path"] not in _OURS and not _temporary(e["Path"])]  # type: ignore[union-attr]
         if foreign:  # leftovers of our own interrupted upload are fine
             raise BadInput(f"{self.dest} already holds files that are not a packed dataset; push to another name")
         return None
@@ -140,16 +140,20 @@ class PackedSync:
         new_parts: list[tuple[PartEntry, list[Piece]]] = []
         torn: set[str] = set()
         digests: dict[str, "hashlib._Hash"] = {}
+        staging = remotes.join(self.dest, f".cm-upload-{self.push_id}")
         try:
             for pieces in plan([current[p] for p in to_upload], self.opt.part_size) if to_upload else []:
-                entry, changed = self._upload_part(pieces, digests, old, len(new_parts))
+                entry, changed = self._upload_part(staging, pieces, digests, old, len(new_parts))
                 torn |= set(changed)
                 new_parts.append((entry, pieces))
+            if new_parts:
+                self._publish_parts(staging, [entry for entry, _ in new_parts])
             manifest, final = self._build(tree, old, old_files, served, new_parts, torn, digests, must_keep)
             if old is not None and not new_parts and manifest.to_json() == old.to_json():
                 return SyncOutcome(self._result(final, up_to_date=True), old, sorted(torn))
             self._put_manifest(manifest)
         except BaseException:
+            quietly(self.ctx.rc, "purge", staging)
             for entry, _ in new_parts:
                 quietly(self.ctx.rc, "deletefile", remotes.join(self.dest, entry.name))
             raise
@@ -240,10 +244,12 @@ class PackedSync:
         suffix = ".tar.zst" if self.opt.compression == "zstd" else ".tar"
         return f"parts/{folder:03d}/part-{self.push_id}-{serial:04d}{suffix}"
 
-    def _upload_part(self, pieces: list[Piece], digests: dict, old: Manifest | None, serial: int) -> tuple[PartEntry, list[str]]:
+    def _upload_part(
+        self, staging: str, pieces: list[Piece], digests: dict, old: Manifest | None, serial: int
+    ) -> tuple[PartEntry, list[str]]:
+        """Stream one part into the staging folder; its final name comes in :meth:`_publish_parts`."""
         name = self._part_name(old, serial)
-        final = remotes.join(self.dest, name)
-        tmp = final + ".cm-tmp"
+        tmp = remotes.join(staging, name.split("/", 1)[1])
         sink = _Sink()
         with self.ctx.start("rcat", tmp, stdin=subprocess.PIPE) as proc:
             sink.pipe = proc.stdin
@@ -260,21 +266,32 @@ class PackedSync:
                 raise proc.error(proc.wait(self.ctx.cancel) or 1) from None
             except BaseException:
                 proc.stop()
-                quietly(self.ctx.rc, "deletefile", tmp)
                 raise
             proc.check(self.ctx.cancel)
         if changed and not self.opt.tolerant:
-            quietly(self.ctx.rc, "deletefile", tmp)
             raise SourceChanged(
                 f"{len(changed)} file(s) changed while they were being packed (e.g. {changed[0]!r}); "
                 "push again once they are written",
                 changed,
             )
-        md5 = sink.md5.hexdigest()
-        verify_upload(self.ctx, tmp, sink.count, md5)
-        self.ctx.run("moveto", tmp, final)
         self.ctx.job.add(done_files=len(pieces))
-        return PartEntry(name, sink.count, md5, len(pieces), sum(p.length for p in pieces)), changed
+        return PartEntry(name, sink.count, sink.md5.hexdigest(), len(pieces), sum(p.length for p in pieces)), changed
+
+    def _publish_parts(self, staging: str, parts: list[PartEntry]) -> None:
+        """Verify every staged part with one listing (sizes always, MD5 where the remote keeps it),
+        then move them all to their final names with one rclone call (server-side moves)."""
+        has_md5 = self.info.md5
+        listing = self.ctx.rc.json("lsjson", "-R", "--files-only", staging, *(["--hash", "--hash-type", "md5"] if has_md5 else []))
+        found = {"parts/" + remotes.listed_name(e["Path"]): e for e in listing or []}  # type: ignore[union-attr]
+        for part in parts:
+            got = found.get(part.name)
+            if got is None or got["Size"] != part.size:
+                raise VerificationError(f"{self.dest}/{part.name}: the upload is missing or has the wrong size; push again")
+            remote_md5 = (got.get("Hashes") or {}).get("md5")
+            if remote_md5 and remote_md5 != part.md5:
+                raise VerificationError(f"{self.dest}/{part.name}: the uploaded bytes do not match their MD5; push again")
+        self.ctx.run("move", staging, remotes.join(self.dest, "parts"), "--delete-empty-src-dirs")
+        quietly(self.ctx.rc, "rmdirs", staging)
 
     def _count(self, n: int) -> None:
         self.ctx.job.add(done_bytes=n)
@@ -298,8 +315,15 @@ class PackedSync:
         now = datetime.now(timezone.utc)
         for entry in listing or []:  # type: ignore[union-attr]
             name = "parts/" + remotes.listed_name(entry["Path"])
-            if name not in keep and (name.endswith(".cm-tmp") or _age(entry.get("ModTime"), now) > STALE_SECONDS):
+            if name not in keep and _age(entry.get("ModTime"), now) > STALE_SECONDS:
                 doomed.add(name)
+        try:
+            top = self.ctx.rc.json("lsjson", "--max-depth", "1", "--dirs-only", self.dest)
+        except RemoteNotFound:
+            top = []
+        for entry in top or []:  # type: ignore[union-attr]
+            if entry["Path"].startswith(".cm-upload-") and _age(entry.get("ModTime"), now) > STALE_SECONDS:
+                quietly(self.ctx.rc, "purge", remotes.join(self.dest, entry["Path"]))
         if not doomed:
             return
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as listfile:
@@ -312,6 +336,10 @@ class PackedSync:
             quietly(self.ctx.rc, "rmdirs", remotes.join(self.dest, "parts"), "--leave-root")
         finally:
             Path(listfile.name).unlink(missing_ok=True)
+
+
+def _temporary(name: str) -> bool:
+    return ".cm-tmp" in name or name.startswith(".cm-upload-")
 
 
 def _age(modtime: str | None, now: datetime) -> float:

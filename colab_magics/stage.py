@@ -23,7 +23,8 @@ from typing import IO
 from . import localtree, remotes
 from .errors import BadInput, RemoteNotFound, UnsafeArchive, VerificationError
 from .events import EventBus, Job
-from .extract import Extractor, check_symlink, extract_tar, extract_zip, safe_relpath, tar_members
+from .extract import Extractor, check_symlink, extract_tar, extract_zip, safe_relpath
+from .tarstream import TarStream
 from .manifest import MANIFEST_NAME, Manifest
 from .runner import Rclone
 from .swap import replace_tree
@@ -233,7 +234,9 @@ class _Stage:
 
         def consume(reader: HashingReader) -> None:
             stream: IO[bytes] = _zstd_reader(reader) if manifest.compression == "zstd" else reader  # type: ignore[assignment]
-            for member, tf in tar_members(stream):
+            tar = TarStream(stream, where)
+            count = lambda n: self.ctx.job.add(done_bytes=n)  # noqa: E731
+            for member in tar.members():
                 rel = safe_relpath(member.name, ex.what)
                 if rel in superseded:  # a later part holds its current version
                     superseded.discard(rel)
@@ -245,12 +248,9 @@ class _Stage:
                         "the dataset was tampered with or mixed up: re-push it"
                     )
                 whole = len(entry.segments) == 1
-                data = tf.extractfile(member)
-                assert data is not None
                 digest = ex.write_file(
-                    rel, data, seg.length, entry.mode, entry.mtime_ns if whole else None,
-                    offset=None if whole else seg.offset, hashed=whole,
-                    on_bytes=lambda n: self.ctx.job.add(done_bytes=n),
+                    rel, tar, seg.length, entry.mode, entry.mtime_ns if whole else None,
+                    offset=None if whole else seg.offset, hashed=whole, on_bytes=count,
                 )  # fmt: skip
                 if whole and digest != entry.sha256:
                     raise VerificationError(f"{rel!r} in {where} does not match its manifest hash; re-push the dataset")
