@@ -127,7 +127,9 @@ class Runner:
 
     def rclone_run(self, name: str, *args: str) -> None:
         with open(self.logfile(name), "wb") as err:
-            rc = subprocess.run([self.rclone, *args, *TPS], check=False, env=self.env, stdout=subprocess.DEVNULL, stderr=err).returncode
+            rc = subprocess.run(
+                [self.rclone, *args, *TPS], check=False, env=self.env, stdout=subprocess.DEVNULL, stderr=err
+            ).returncode
         if rc:
             raise RuntimeError(f"rclone {args[0]} exited {rc}: {self.logfile(name).read_text()[-500:]}")
 
@@ -157,7 +159,9 @@ class Runner:
         self.settle()
         with open(self.logfile("floor"), "wb") as err:
             t0 = time.perf_counter()
-            cat = subprocess.Popen([self.rclone, "cat", f"{REMOTE}:data.tar", *TPS], env=self.env, stdout=subprocess.PIPE, stderr=err)
+            cat = subprocess.Popen(
+                [self.rclone, "cat", f"{REMOTE}:data.tar", *TPS], env=self.env, stdout=subprocess.PIPE, stderr=err
+            )
             untar = subprocess.Popen(["tar", "-x", "-C", str(dest)], stdin=cat.stdout, stderr=err)
             assert cat.stdout is not None
             cat.stdout.close()
@@ -359,7 +363,9 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "MISS")
 
 
-def report(rows: dict[str, Row], args: argparse.Namespace, n: int, k: int, kd: int, memory: dict | None, rclone_version: str) -> dict:
+def report(
+    rows: dict[str, Row], args: argparse.Namespace, n: int, k: int, kd: int, memory: dict | None, rclone_version: str
+) -> dict:
     lines = []
     p = lines.append
     p("")
@@ -367,7 +373,9 @@ def report(rows: dict[str, Row], args: argparse.Namespace, n: int, k: int, kd: i
     p(f"dataset: {n:,} files x 20 KiB ({n * FILE_SIZE / 2**20:.1f} MiB) in {min(FOLDERS, n)} folders; "
       f"{rclone_version}; Python {platform.python_version()}; {os.cpu_count()} CPUs")  # fmt: skip
     p("")
-    head = f"{'#':>2}  {'dir':<4}  {'row':<58}  {'time (s)':>9}  {'runs':<26}  {'files':>6}  {'scaled to 5,000 files':<24}"
+    head = (
+        f"{'#':>2}  {'dir':<4}  {'row':<58}  {'time (s)':>9}  {'runs':<26}  {'files':>6}  {'scaled to 5,000 files':<24}"
+    )
     p(head)
     p("-" * len(head))
     for row in sorted(rows.values(), key=lambda r: r.number):
@@ -382,7 +390,9 @@ def report(rows: dict[str, Row], args: argparse.Namespace, n: int, k: int, kd: i
         if row.file_by_file and row.time is not None and row.measured_files:
             scaled = f"{row.time * SCALE_TO / row.measured_files:,.0f} s (linear, x{SCALE_TO / row.measured_files:.3g})"
         files = f"{row.files:,}" if row.files is not None else "-"
-        p(f"{row.number:>2}  {row.direction:<4}  {row.label:<58}  {fmt_s(row.time):>9}  {runs:<26}  {files:>6}  {scaled:<24}")
+        p(
+            f"{row.number:>2}  {row.direction:<4}  {row.label:<58}  {fmt_s(row.time):>9}  {runs:<26}  {files:>6}  {scaled:<24}"
+        )
         for note in row.notes:
             p(f"{'':>2}  {'':<4}  ! {note}")
     p("")
@@ -424,8 +434,10 @@ def report(rows: dict[str, Row], args: argparse.Namespace, n: int, k: int, kd: i
         unit = "x" if tg["goal"].endswith("x") else (" MB" if "MB" in tg["goal"] else " s")
         shown = "-" if v is None else (f"{v:,.1f}{unit}" if v >= 10 else f"{v:.2f}{unit}")
         p(f"{tg['target']:<56}  {shown:>10}  {tg['goal']:<9}  {tg['result']}")
-    p(f"(not a target: seeds' recipe / our stage = {fmt_s(ratio(t('seeds'), t('stage')))}x; "
-      f"our stage / seeds' recipe = {fmt_s(ratio(t('stage'), t('seeds')))}x)")
+    p(
+        f"(not a target: seeds' recipe / our stage = {fmt_s(ratio(t('seeds'), t('stage')))}x; "
+        f"our stage / seeds' recipe = {fmt_s(ratio(t('stage'), t('seeds')))}x)"
+    )
     if memory:
         p("")
         if "error" in memory:
@@ -450,14 +462,22 @@ def report(rows: dict[str, Row], args: argparse.Namespace, n: int, k: int, kd: i
 
 # -- main ------------------------------------------------------------------------------------------
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--files", type=int, default=None, help="number of 20 KiB files (default 5000; 500 with --quick)")
     ap.add_argument("--upload-files", type=int, default=None,
                     help="files in the file-by-file upload sample (row 6; default min(files, 300), 60 with --quick)")  # fmt: skip
-    ap.add_argument("--download-files", type=int, default=None,
-                    help="files in the file-by-file download sample, scaled to --files (default 1000; 100 with --quick)")
+    ap.add_argument(
+        "--download-files",
+        type=int,
+        default=None,
+        help="files in the file-by-file download sample, scaled to --files (default 1000; 100 with --quick)",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="runs of each fast row (median reported; default 3)")
-    ap.add_argument("--quick", action="store_true", help="small run: 200 files, 60-file upload sample, 256 MiB memory dataset")
+    ap.add_argument(
+        "--quick", action="store_true", help="small run: 200 files, 60-file upload sample, 256 MiB memory dataset"
+    )
     ap.add_argument("--skip-memory", action="store_true", help="skip the 2 GiB peak-memory measurement")
     ap.add_argument("--memory-mib", type=int, default=None, help="size of the memory dataset in MiB (default 2048)")
     ap.add_argument("--profile", action="store_true", help="also cProfile one stage against the unthrottled remote")
@@ -469,7 +489,9 @@ def main() -> int:
     memory_mib = args.memory_mib or (256 if args.quick else 2048)
 
     rclone = find_rclone()
-    rclone_version = subprocess.run([rclone, "version"], check=False, capture_output=True, text=True).stdout.splitlines()[0]
+    rclone_version = subprocess.run(
+        [rclone, "version"], check=False, capture_output=True, text=True
+    ).stdout.splitlines()[0]
     base = Path(tempfile.mkdtemp(prefix="cm-bench-", dir="/tmp"))
     server: Server | None = None
     rows = {
@@ -558,7 +580,9 @@ def main() -> int:
         got = rows["copy_up"].add(run.copy_file_by_file, str(sample), f"{REMOTE}:plain2", "copy-up")
         if got is not None:
             rows["copy_up"].times.append(got)
-        rows["copy_up"].files = rows["copy_up"].measured_files = count_files(served / "plain2") if (served / "plain2").exists() else 0
+        rows["copy_up"].files = rows["copy_up"].measured_files = (
+            count_files(served / "plain2") if (served / "plain2").exists() else 0
+        )
         if k < n:
             rows["copy_up"].label = f"rclone copy src remote:plain2 (file by file, {k} files)"
 
@@ -588,11 +612,24 @@ def main() -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": {"files": n, "file_size": FILE_SIZE, "folders": min(FOLDERS, n), "upload_sample": k, "download_sample": kd,
-                   "repeats": args.repeats, "client_flags": TPS, "remote": "rclone serve webdav, pacer off",
-                   "scaled_to": SCALE_TO, "memory_mib": None if args.skip_memory else memory_mib},
-        "environment": {"rclone": rclone_version, "python": platform.python_version(), "cpus": os.cpu_count(),
-                        "platform": platform.platform()},
+        "config": {
+            "files": n,
+            "file_size": FILE_SIZE,
+            "folders": min(FOLDERS, n),
+            "upload_sample": k,
+            "download_sample": kd,
+            "repeats": args.repeats,
+            "client_flags": TPS,
+            "remote": "rclone serve webdav, pacer off",
+            "scaled_to": SCALE_TO,
+            "memory_mib": None if args.skip_memory else memory_mib,
+        },
+        "environment": {
+            "rclone": rclone_version,
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
         "rows": [r.to_json() for r in sorted(rows.values(), key=lambda r: r.number)],
         "upload_file_by_file_scaled_to_n_s": summary["upload_file_by_file_scaled_to_n_s"],
         "targets": summary["targets"],

@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", nargs="?", help="remote path (default: <remote root>/<basename of SOURCE>)")
     p.add_argument("--pack", action="store_true", help="store a folder as tar parts plus a manifest")
     p.add_argument("--compress", action="store_true", help="with --pack: zstd-compress the parts")
-    p.add_argument("--part-size", default=DEFAULT_PART_SIZE, type=parse_size, help="with --pack: largest part (default 4G)")
+    p.add_argument(
+        "--part-size", default=DEFAULT_PART_SIZE, type=parse_size, help="with --pack: largest part (default 4G)"
+    )
 
     k = sub.add_parser(
         "persist",

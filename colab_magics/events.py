@@ -65,9 +65,7 @@ class EventBus:
             self._listeners.append(listener)
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
-                self._thread = threading.Thread(
-                    target=self._dispatch, name="colab_magics-events", daemon=True
-                )
+                self._thread = threading.Thread(target=self._dispatch, name="colab_magics-events", daemon=True)
                 self._thread.start()
 
         def unsubscribe() -> None:

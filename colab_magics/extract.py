@@ -227,7 +227,9 @@ def extract_zip(path: Path, ex: Extractor, on_bytes: Callable[[int], None] | Non
             else:
                 mtime = calendar.timegm(info.date_time + (0, 0, -1)) * 10**9
                 with zf.open(info) as fileobj:
-                    ex.write_file(rel, fileobj, info.file_size, stat.S_IMODE(unix_mode) or 0o644, mtime, on_bytes=on_bytes)
+                    ex.write_file(
+                        rel, fileobj, info.file_size, stat.S_IMODE(unix_mode) or 0o644, mtime, on_bytes=on_bytes
+                    )
                 files += 1
     ex.finish()
     return files

@@ -105,9 +105,7 @@ class ColabMagics(Magics):
         workers = self.workers if args.workers is None else args.workers
         if workers < 1:
             raise UsageError("--workers must be at least 1")
-        result = self._call(
-            lambda: stage(args.source, args.dest, force=args.force, workers=workers, root=self._root())
-        )
+        result = self._call(lambda: stage(args.source, args.dest, force=args.force, workers=workers, root=self._root()))
         print(result.summary())  # type: ignore[attr-defined]
 
     @magic_arguments()
@@ -152,7 +150,9 @@ class ColabMagics(Magics):
         def create() -> Persister:
             every = parse_duration(args.every or self.sync_interval)
             part_size = parse_size(self.part_size or DEFAULT_PART_SIZE)
-            persister = Persister(args.dir, args.dest, every=every, mirror=args.mirror, part_size=part_size, root=self._root())
+            persister = Persister(
+                args.dir, args.dest, every=every, mirror=args.mirror, part_size=part_size, root=self._root()
+            )
             if not args.no_restore:
                 restored = persister.restore()
                 if restored is not None:

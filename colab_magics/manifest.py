@@ -129,8 +129,12 @@ class Manifest:
                 links=[LinkEntry(_rel(link["path"]), str(link["target"])) for link in data["links"]],
                 parts=[
                     PartEntry(
-                        str(p["name"]), _count(p["size"]), str(p["md5"]), _count(p["members"]),
-                        _count(p["data_bytes"]), tuple(_rel(x) for x in p.get("skip", ())),
+                        str(p["name"]),
+                        _count(p["size"]),
+                        str(p["md5"]),
+                        _count(p["members"]),
+                        _count(p["data_bytes"]),
+                        tuple(_rel(x) for x in p.get("skip", ())),
                     )  # fmt: skip
                     for p in data["parts"]
                 ],
@@ -161,4 +165,3 @@ def _rel(path: object) -> str:
     if any(part in ("", ".", "..") for part in path.split("/")):
         raise ValueError(f"bad path {path!r}")
     return path
-

@@ -90,12 +90,16 @@ class PackedSync:
     def scan(self) -> localtree.Tree:
         tree = localtree.scan(self.src)
         if tree.special:
-            raise BadInput(f"{self.src} holds a socket, fifo or device ({tree.special[0]!r}); remove it or push a subfolder")
+            raise BadInput(
+                f"{self.src} holds a socket, fifo or device ({tree.special[0]!r}); remove it or push a subfolder"
+            )
         for rel, target in tree.links:
             try:
                 check_symlink(rel, target, self.src)
             except Exception:
-                raise BadInput(f"symlink {rel!r} -> {target!r} points outside {self.src}; replace it with a copy") from None
+                raise BadInput(
+                    f"symlink {rel!r} -> {target!r} points outside {self.src}; replace it with a copy"
+                ) from None
         return tree
 
     # -- the algorithm --------------------------------------------------------------------------
@@ -129,7 +133,9 @@ class PackedSync:
         current = {f.path: f for f in tree.files}
         old_files = {f.path: f for f in old.files} if old else {}
         unchanged = {
-            p for p, f in current.items() if p in old_files and old_files[p].stat_key() == (p, f.size, f.mtime_ns, f.mode)
+            p
+            for p, f in current.items()
+            if p in old_files and old_files[p].stat_key() == (p, f.size, f.mtime_ns, f.mode)
         }
         must_keep = set(old_files) - set(current) if self.opt.keep_deleted else set()
         served = self._served_from_old(old, old_files, unchanged | must_keep, must_keep)
@@ -173,9 +179,7 @@ class PackedSync:
             for seg in old_files[p].segments:
                 live_bytes[seg.part] += seg.length
         pinned = {seg.part for p in must_keep for seg in old_files[p].segments}
-        dissolve = {
-            i for i, part in enumerate(old.parts) if i not in pinned and live_bytes[i] * 2 < part.data_bytes
-        }
+        dissolve = {i for i, part in enumerate(old.parts) if i not in pinned and live_bytes[i] * 2 < part.data_bytes}
         return {p for p in live if not any(seg.part in dissolve for seg in old_files[p].segments)} | must_keep
 
     def _build(
@@ -281,15 +285,21 @@ class PackedSync:
         """Verify every staged part with one listing (sizes always, MD5 where the remote keeps it),
         then move them all to their final names with one rclone call (server-side moves)."""
         has_md5 = self.info.md5
-        listing = self.ctx.rc.json("lsjson", "-R", "--files-only", staging, *(["--hash", "--hash-type", "md5"] if has_md5 else []))
+        listing = self.ctx.rc.json(
+            "lsjson", "-R", "--files-only", staging, *(["--hash", "--hash-type", "md5"] if has_md5 else [])
+        )
         found = {"parts/" + remotes.listed_name(e["Path"]): e for e in listing or []}  # type: ignore[union-attr]
         for part in parts:
             got = found.get(part.name)
             if got is None or got["Size"] != part.size:
-                raise VerificationError(f"{self.dest}/{part.name}: the upload is missing or has the wrong size; push again")
+                raise VerificationError(
+                    f"{self.dest}/{part.name}: the upload is missing or has the wrong size; push again"
+                )
             remote_md5 = (got.get("Hashes") or {}).get("md5")
             if remote_md5 and remote_md5 != part.md5:
-                raise VerificationError(f"{self.dest}/{part.name}: the uploaded bytes do not match their MD5; push again")
+                raise VerificationError(
+                    f"{self.dest}/{part.name}: the uploaded bytes do not match their MD5; push again"
+                )
         self.ctx.run("move", staging, remotes.join(self.dest, "parts"), "--delete-empty-src-dirs")
         quietly(self.ctx.rc, "rmdirs", staging)
 

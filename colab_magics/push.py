@@ -15,11 +15,12 @@ import threading
 
 from . import localtree, remotes
 from .errors import BadInput, SourceChanged
-from .events import EventBus, Job
+from .events import EventBus
 from .manifest import DEFAULT_PART_SIZE
 from .packsync import PackedSync, SyncOptions
 from .runner import Rclone
-from .transfer import Context, Result, quietly, short_id, verify_upload
+from .transfer import Context, Result, quietly, run_job, short_id, verify_upload
+
 
 def default_remote_dest(source: str, root: str | None = None) -> str:
     return remotes.join(root or remotes.default_root(), os.path.basename(os.path.abspath(source)))
@@ -50,25 +51,18 @@ def push(
     local_target = remotes.local_path(target)
     if local_target and (localtree.inside(local_target, src) or localtree.inside(src, local_target)):
         raise BadInput(f"destination {local_target} overlaps the source {src}; choose a folder outside it")
-    job = Job(f"push {os.path.basename(src)}", "up", events)
-    ctx = Context(rclone, job, cancel)
-    job.start(f"{src} -> {target}")
-    try:
+
+    def work(ctx: Context) -> Result:
         if pack:
             if not os.path.isdir(src):
                 raise BadInput(f"--pack takes a folder and {src} is a file; push it without --pack")
             options = SyncOptions(compression="zstd" if compress else "none", part_size=part_size)
-            result = PackedSync(ctx, src, target, options).run().result
-        elif os.path.isdir(src):
-            result = _push_folder(ctx, src, target)
-        else:
-            result = _push_file(ctx, src, target)
-    except BaseException as exc:
-        ctx.stop_children()
-        job.fail(str(exc) or type(exc).__name__)
-        raise
-    job.finish(result.summary())
-    return result
+            return PackedSync(ctx, src, target, options).run().result
+        if os.path.isdir(src):
+            return _push_folder(ctx, src, target)
+        return _push_file(ctx, src, target)
+
+    return run_job(f"push {os.path.basename(src)}", "up", f"{src} -> {target}", work, rclone, events, cancel)
 
 
 def md5_file(path: str) -> str:
@@ -121,7 +115,9 @@ def _push_folder(ctx: Context, src: str, dest: str) -> Result:
             changed = []
         except SourceChanged as exc:  # rclone saw them change and skipped them; the rest is uploaded
             changed = [remotes.listed_name(p) for p in exc.paths]
-        listing = ctx.rc.json("lsjson", "-R", "--files-only", tmp, *(["--hash", "--hash-type", "md5"] if info.md5 else []))
+        listing = ctx.rc.json(
+            "lsjson", "-R", "--files-only", tmp, *(["--hash", "--hash-type", "md5"] if info.md5 else [])
+        )
         uploaded = 0
         for entry in listing or []:  # type: ignore[union-attr]
             rel = remotes.listed_name(entry["Path"])
@@ -151,5 +147,3 @@ def _push_folder(ctx: Context, src: str, dest: str) -> Result:
         )
     total = sum(f.size for f in snapshot.values())
     return _result(ctx, src, dest, "folder", uploaded or len(snapshot), total, up_to_date=not uploaded)
-
-

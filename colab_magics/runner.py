@@ -178,7 +178,9 @@ class RcloneProcess:
         updating = [m.split(": ", 1)[0] for m in self.errors if ": Failed to copy: " in m and _UPDATING in m]
         if updating and all(_UPDATING in m for m in self.errors):
             paths = list(dict.fromkeys(updating))
-            return SourceChanged(f"{paths[0]} changed while it was being uploaded; push again once it is written", paths)
+            return SourceChanged(
+                f"{paths[0]} changed while it was being uploaded; push again once it is written", paths
+            )
         text = "; ".join(dict.fromkeys(m for m in messages if m)) or f"exit status {rc}"
         text = text if len(text) < 400 else text[:400] + "..."
         command = self.argv[1] if len(self.argv) > 1 else "rclone"
@@ -263,9 +265,7 @@ class Rclone:
         on_stats: StatsCallback | None = None,
     ) -> RcloneProcess:
         """Start ``rclone args...``; the caller owns the returned process."""
-        return RcloneProcess(
-            self.argv(args, stats=on_stats is not None), stdin=stdin, stdout=stdout, on_stats=on_stats
-        )
+        return RcloneProcess(self.argv(args, stats=on_stats is not None), stdin=stdin, stdout=stdout, on_stats=on_stats)
 
     def run(
         self,
@@ -303,4 +303,3 @@ def stop_all() -> None:
 
 
 atexit.register(stop_all)
-

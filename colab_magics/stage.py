@@ -22,13 +22,13 @@ from typing import IO
 
 from . import localtree, remotes
 from .errors import BadInput, RemoteNotFound, UnsafeArchive, VerificationError
-from .events import EventBus, Job
+from .events import EventBus
 from .extract import Extractor, check_symlink, extract_tar, extract_zip, safe_relpath
 from .tarstream import TarStream
 from .manifest import MANIFEST_NAME, Manifest
 from .runner import Rclone
 from .swap import replace_tree
-from .transfer import Context, HashingReader, Result, read_json, state_dir, write_json
+from .transfer import Context, HashingReader, Result, read_json, run_job, state_dir, write_json
 
 ARCHIVES = {
     ".tar": "tar", ".tar.gz": "tar", ".tgz": "tar", ".tar.bz2": "tar", ".tbz2": "tar",
@@ -72,17 +72,8 @@ def stage(
     src = remotes.resolve(source, root)
     target = Path(os.path.abspath(dest if dest is not None else default_dest(src)))
     _check_dest(src, target)
-    job = Job(f"stage {source}", "down", events)
-    ctx = Context(rclone, job, cancel)
-    job.start(f"{src} -> {target}")
-    try:
-        result = _Stage(ctx, src, target, max(1, workers)).run(force)
-    except BaseException as exc:
-        ctx.stop_children()
-        job.fail(str(exc) or type(exc).__name__)
-        raise
-    job.finish(result.summary())
-    return result
+    work = lambda ctx: _Stage(ctx, src, target, max(1, workers)).run(force)  # noqa: E731
+    return run_job(f"stage {source}", "down", f"{src} -> {target}", work, rclone, events, cancel)
 
 
 def _check_dest(src: str, target: Path) -> None:
@@ -139,7 +130,12 @@ class _Stage:
         kind, identity, manifest, size = self.probe()
         identity = {"source": self.src, "kind": kind, **identity}
         state = read_json(self.state_file)
-        if not force and self.dest.is_dir() and state.get("identity", {}).get("source") != self.src and any(self.dest.iterdir()):
+        if (
+            not force
+            and self.dest.is_dir()
+            and state.get("identity", {}).get("source") != self.src
+            and any(self.dest.iterdir())
+        ):
             raise BadInput(
                 f"{self.dest} already holds files that were not staged from {self.src}; "
                 "choose an empty or new folder, or use --force to replace its contents"
@@ -259,7 +255,9 @@ class _Stage:
         _, reader = self.ctx.stream(remotes.join(self.src, part.name), consume)
         if expected:
             missing = next(iter(expected))
-            raise VerificationError(f"{where} lacks {len(expected)} file(s) its manifest lists (e.g. {missing!r}); re-push it")
+            raise VerificationError(
+                f"{where} lacks {len(expected)} file(s) its manifest lists (e.g. {missing!r}); re-push it"
+            )
         if reader.count != part.size or reader.md5.hexdigest() != part.md5:
             raise VerificationError(f"{where} does not match its manifest size or MD5; re-push the dataset")
 
@@ -302,14 +300,26 @@ class _Stage:
         stat = self.ctx.rc.json(*args)
         assert isinstance(stat, dict)
         if stat.get("Size") not in (None, -1, reader.count):
-            raise VerificationError(f"{self.src}: read {reader.count:,} bytes, the remote lists {stat['Size']:,}; stage again")
+            raise VerificationError(
+                f"{self.src}: read {reader.count:,} bytes, the remote lists {stat['Size']:,}; stage again"
+            )
         md5 = (stat.get("Hashes") or {}).get("md5")
         if md5 and md5 != reader.md5.hexdigest():
             raise VerificationError(f"{self.src}: the downloaded bytes do not match the remote MD5; stage again")
 
     # -- plain folders --------------------------------------------------------------------------
     def fill_folder(self) -> str:
-        args = ["copy", self.src, str(self.tree), "--transfers", "16", "--checkers", "16", "--create-empty-src-dirs", "--links"]
+        args = [
+            "copy",
+            self.src,
+            str(self.tree),
+            "--transfers",
+            "16",
+            "--checkers",
+            "16",
+            "--create-empty-src-dirs",
+            "--links",
+        ]
         if self.dest.is_dir():
             args += ["--copy-dest", str(self.dest)]  # unchanged files come from the old copy, not the network
         self.ctx.run(*args, stats=True)

@@ -18,7 +18,7 @@ import humanize
 import platformdirs
 
 from .errors import RemoteNotFound, TransferCancelled, VerificationError
-from .events import Job, Progress
+from .events import EventBus, Job, Progress
 from .remotes import remote_info
 from .runner import Rclone, RcloneProcess
 
@@ -105,7 +105,9 @@ class Context:
         for p in procs:
             p.stop(grace=1.0)
 
-    def stream(self, path: str, consume: Callable[[HashingReader], T], on_bytes: Callable[[int], None] | None = None) -> tuple[T, HashingReader]:
+    def stream(
+        self, path: str, consume: Callable[[HashingReader], T], on_bytes: Callable[[int], None] | None = None
+    ) -> tuple[T, HashingReader]:
         """``rclone cat path`` fed to ``consume``; a broken stream is told apart from corrupt data."""
         with self.start("cat", path) as p:
             reader = HashingReader(p.stdout, self.cancel, on_bytes)
@@ -124,6 +126,32 @@ class Context:
                 raise VerificationError(f"{path} is truncated or corrupt ({exc}); re-push it") from exc
             p.check(self.cancel)
         return result, reader
+
+
+def run_job(
+    name: str,
+    direction: str,
+    detail: str,
+    work: Callable[[Context], "Result"],
+    rclone: Rclone | None = None,
+    events: EventBus | None = None,
+    cancel: threading.Event | None = None,
+) -> "Result":
+    """Run ``work`` as one job: started, then finished with its summary or failed with its error.
+
+    On any failure (Ctrl-C included) every rclone child of the job is stopped first.
+    """
+    job = Job(name, direction, events)
+    ctx = Context(rclone, job, cancel)
+    job.start(detail)
+    try:
+        result = work(ctx)
+    except BaseException as exc:
+        ctx.stop_children()
+        job.fail(str(exc) or type(exc).__name__)
+        raise
+    job.finish(result.summary())
+    return result
 
 
 @dataclass
@@ -154,8 +182,7 @@ class Result:
             if self.moved_files is not None and self.moved_files != self.files:
                 what = f"{self.moved_files:,} changed of {self.files:,} files ({humanize.naturalsize(moved, binary=True)} of {size})"
             line = (
-                f"{self.action} {what} from {self.source} to {self.dest} "
-                f"in {self.seconds:.1f}s ({rate}/s, {self.kind})"
+                f"{self.action} {what} from {self.source} to {self.dest} in {self.seconds:.1f}s ({rate}/s, {self.kind})"
             )
             if self.reused_parts:
                 line += f"; {self.reused_parts} part(s) already there"

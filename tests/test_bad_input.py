@@ -65,7 +65,9 @@ def test_unsafe_tar_entries_are_refused(case, tmp_path, staged):
     with pytest.raises(errors.UnsafeArchive):
         cm.stage("evil.tar", staged, force=True)
     assert snapshot(staged) == before
-    assert not [p for p in tmp_path.rglob("evil*") if p.suffix not in (".tar", ".zip")] and not os.path.exists("/tmp/cm-evil-absolute.txt")
+    assert not [p for p in tmp_path.rglob("evil*") if p.suffix not in (".tar", ".zip")] and not os.path.exists(
+        "/tmp/cm-evil-absolute.txt"
+    )
     assert not list(staged.parent.glob(".*cm-stage*/**/fine.txt"))  # unsafe data is not kept for resume
 
 
@@ -78,7 +80,9 @@ def test_unsafe_zip_entries_are_refused(name, tmp_path, staged):
     with pytest.raises(errors.UnsafeArchive):
         cm.stage("evil.zip", staged, force=True)
     assert snapshot(staged) == before
-    assert not [p for p in tmp_path.rglob("evil*") if p.suffix not in (".tar", ".zip")] and not os.path.exists("/tmp/cm-evil-zip.txt")
+    assert not [p for p in tmp_path.rglob("evil*") if p.suffix not in (".tar", ".zip")] and not os.path.exists(
+        "/tmp/cm-evil-zip.txt"
+    )
 
 
 def test_safe_internal_links_are_kept(tmp_path):

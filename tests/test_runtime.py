@@ -125,7 +125,11 @@ def test_file_growing_during_upload_is_not_reported_done(tmp_path, pack, remote)
     log.write_bytes(os.urandom(1 << 20))
     dest = remote.root + "/run"
     cm.push(src, dest, pack=pack)  # a first complete version
-    first = (remote.folder / "run" / "manifest.json").read_bytes() if pack else (remote.folder / "run" / "train.log").read_bytes()
+    first = (
+        (remote.folder / "run" / "manifest.json").read_bytes()
+        if pack
+        else (remote.folder / "run" / "train.log").read_bytes()
+    )
     stop = threading.Event()
     writer = threading.Thread(target=_keep_appending, args=(log, stop))
     writer.start()
@@ -139,7 +143,9 @@ def test_file_growing_during_upload_is_not_reported_done(tmp_path, pack, remote)
     if pack:  # the previous version is still the complete one
         assert (remote.folder / "run" / "manifest.json").read_bytes() == first
         manifest = Manifest.from_json(first, "t")
-        assert {os.path.basename(p.name) for p in manifest.parts} == {p.name for p in (remote.folder / "run" / "parts").rglob("part-*")}
+        assert {os.path.basename(p.name) for p in manifest.parts} == {
+            p.name for p in (remote.folder / "run" / "parts").rglob("part-*")
+        }
     else:
         assert (remote.folder / "run" / "train.log").read_bytes() == first
     assert not [p for p in remote.folder.rglob("*") if "cm-tmp" in p.name or ("cm-upload" in str(p) and p.is_file())]

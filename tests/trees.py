@@ -8,7 +8,7 @@ from pathlib import Path
 
 ODD_NAMES = [
     "with space.txt",
-    "quote's \"double\".txt",
+    'quote\'s "double".txt',
     "dollar $HOME $(id).txt",
     "ünïcødé ✓ 数据.txt",
     "semi;colon&amp|pipe.txt",
