@@ -1,5 +1,8 @@
 """Writing tar parts: planning which file bytes go in which part, and streaming a part out.
 
+The stream is written directly (``TarInfo.tobuf`` for headers) rather than through
+``tarfile``'s stream mode, whose buffer handling costs more than the data for small files.
+
 Parts are deterministic for the same files (sorted order, uid/gid 0, whole-second mtimes), so a
 part whose files did not change can be kept on the remote as it is.  Each file is read once:
 its SHA-256 is computed while it streams into the part, and its ``stat`` after reading must
@@ -18,6 +21,7 @@ from .errors import BadInput, SourceChanged
 from .localtree import FileStat
 
 BLOCK = 512
+CHUNK = 1 << 20
 _END = 2 * BLOCK + 20 * BLOCK  # end-of-archive blocks plus record padding
 
 
@@ -120,28 +124,57 @@ def write_part(
     that vanished is skipped when ``tolerant``, else it is a :class:`SourceChanged`.
     """
     changed: list[str] = []
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20) as tf:
-        for piece in pieces:
-            f = piece.file
-            path = os.path.join(root, f.path)
-            try:
-                fh = open(path, "rb")
-            except FileNotFoundError:
-                if not tolerant:
-                    raise SourceChanged(f"{path} disappeared while it was being packed; push again", [f.path]) from None
-                changed.append(f.path)
-                continue
-            info = tarfile.TarInfo(f.path)
-            info.size = piece.length
-            info.mode = f.mode
-            info.mtime = f.mtime_ns // 10**9
-            reader = _Slice(fh, piece.length, digests.setdefault(f.path, hashlib.sha256()))
-            with fh:
-                fh.seek(piece.offset)
-                tf.addfile(info, reader)
-                st = os.fstat(fh.fileno())
-            if reader.short or (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
-                changed.append(f.path)
-            if on_bytes is not None:
-                on_bytes(piece.length)
+    out = _Batch(sink)
+    for piece in pieces:
+        f = piece.file
+        path = os.path.join(root, f.path)
+        try:
+            fh = open(path, "rb")
+        except FileNotFoundError:
+            if not tolerant:
+                raise SourceChanged(f"{path} disappeared while it was being packed; push again", [f.path]) from None
+            changed.append(f.path)
+            continue
+        info = tarfile.TarInfo(f.path)
+        info.size = piece.length
+        info.mode = f.mode
+        info.mtime = f.mtime_ns // 10**9
+        out.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        reader = _Slice(fh, piece.length, digests.setdefault(f.path, hashlib.sha256()))
+        with fh:
+            fh.seek(piece.offset)
+            while reader.left:
+                out.write(reader.read(CHUNK))
+            st = os.fstat(fh.fileno())
+        out.write(bytes(-piece.length % BLOCK))
+        if reader.short or (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
+            changed.append(f.path)
+        if on_bytes is not None:
+            on_bytes(piece.length)
+    out.write(bytes(2 * BLOCK))  # end of archive
+    out.write(bytes(-out.count % tarfile.RECORDSIZE))
+    out.flush()
     return changed
+
+
+class _Batch:
+    """Coalesces the many small writes of a tar stream (headers, padding) into large ones."""
+
+    def __init__(self, sink: IO[bytes], size: int = CHUNK) -> None:
+        self.sink = sink
+        self.size = size
+        self.count = 0
+        self._parts: list[bytes] = []
+        self._pending = 0
+
+    def write(self, data: bytes) -> None:
+        self.count += len(data)
+        self._parts.append(data)
+        self._pending += len(data)
+        if self._pending >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._parts:
+            self.sink.write(b"".join(self._parts))
+            self._parts, self._pending = [], 0

@@ -218,8 +218,9 @@ class PackedSync:
             for piece in pieces:
                 if piece.file.path not in torn:
                     new_segments.setdefault(piece.file.path, []).append(Segment(index, piece.offset, piece.length))
+        stats = {f.path: f for f in tree.files}
         for p, segs in new_segments.items():
-            f = next(f for entry, pieces in new_parts for f in (pc.file for pc in pieces) if f.path == p)
+            f = stats[p]
             final[p] = FileEntry(p, f.size, f.mode, f.mtime_ns, digests[p].hexdigest(), tuple(segs))
         manifest = Manifest(self.opt.compression)
         manifest.files = [final[p] for p in sorted(final)]
