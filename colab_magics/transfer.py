@@ -26,7 +26,14 @@ T = TypeVar("T")
 
 
 class HashingReader:
-    """A read-only stream that hashes (MD5) and counts what passes, and honours cancellation."""
+    """A read-only stream that hashes (MD5) and counts what passes, and honours cancellation.
+
+    It reads the pipe in large blocks of whatever has arrived (``read1``) and serves the many
+    small reads of a tar parser from memory: fewer blocking calls, fewer GIL hand-offs
+    between parallel part streams.
+    """
+
+    BLOCK = 1 << 20
 
     def __init__(self, raw: IO[bytes], cancel: threading.Event, on_bytes: Callable[[int], None] | None = None) -> None:
         self.raw = raw
@@ -34,22 +41,44 @@ class HashingReader:
         self.count = 0
         self._cancel = cancel
         self._on_bytes = on_bytes
+        self._buf = b""
+        self._pos = 0
 
-    def read(self, n: int = -1) -> bytes:
+    def _fill(self) -> bool:
         if self._cancel.is_set():
             raise TransferCancelled("transfer cancelled")
-        data = self.raw.read(n)
+        read1 = getattr(self.raw, "read1", self.raw.read)
+        data = read1(self.BLOCK)
+        if not data:
+            return False
         self.md5.update(data)
         self.count += len(data)
-        if self._on_bytes is not None and data:
+        if self._on_bytes is not None:
             self._on_bytes(len(data))
+        self._buf, self._pos = data, 0
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            chunks = [self._buf[self._pos :]]
+            self._buf, self._pos = b"", 0
+            while self._fill():
+                chunks.append(self._buf)
+                self._buf = b""
+            return b"".join(chunks)
+        if self._pos >= len(self._buf) and not self._fill():
+            return b""
+        end = self._pos + n
+        data = self._buf[self._pos : end]
+        self._pos = min(end, len(self._buf))
         return data
 
     def readable(self) -> bool:
         return True
 
     def drain(self) -> None:
-        while self.read(1 << 20):
+        self._buf, self._pos = b"", 0
+        while self._fill():
             pass
 
 
