@@ -26,6 +26,7 @@ def load_ipython_extension(ip: object) -> None:
         return
     magics = ColabMagics(shell=ip)
     ip.register_magics(magics)  # type: ignore[attr-defined]
+    ip.events.register("post_run_cell", magics.after_cell)  # type: ignore[attr-defined]
     _loaded[id(ip)] = magics
 
 
@@ -34,6 +35,7 @@ def unload_ipython_extension(ip: object) -> None:
     magics = _loaded.pop(id(ip), None)
     if magics is None:
         return
+    ip.events.unregister("post_run_cell", magics.after_cell)  # type: ignore[attr-defined]
     magics.close()  # type: ignore[attr-defined]
     table = ip.magics_manager.magics  # type: ignore[attr-defined]
     for kind, names in magics.magics.items():  # type: ignore[attr-defined]

@@ -23,8 +23,10 @@ from .errors import ColabMagicsError
 from .events import bus
 from .manifest import DEFAULT_PART_SIZE
 from .persist import Persister
+from .status import StatusBoard
 from .push import push
 from .stage import stage
+from .panel import render_text
 from .text import ProgressPrinter
 from .units import parse_duration, parse_size
 
@@ -52,14 +54,42 @@ class ColabMagics(Magics):
     def __init__(self, shell: object = None, **kwargs: object) -> None:
         super().__init__(shell=shell, **kwargs)
         self._persisters: set[Persister] = set()
+        self.board = StatusBoard()
+        self._panel: Any = None
+        self._panel_cell: int | None = None  # the execution count of the cell that shows it
 
     # -- shared plumbing --------------------------------------------------------------------
     def _root(self) -> str | None:
         return self.remote or None
 
+    def _widgets(self) -> bool:
+        """True in a kernel whose front-end can render widgets (Jupyter, Colab) with ipywidgets installed."""
+        try:
+            import ipywidgets  # noqa: F401
+            from ipykernel.zmqshell import ZMQInteractiveShell
+        except ImportError:
+            return False
+        return isinstance(self.shell, ZMQInteractiveShell)
+
+    def _show_panel(self) -> None:
+        """Show the panel in the current cell, once; later calls in the cell update the same one."""
+        if self._panel is None:
+            from .panel import Panel
+
+            self._panel = Panel(self.board, lambda: list(self._persisters))
+        count = getattr(self.shell, "execution_count", None)
+        if self._panel_cell != count:
+            self._panel_cell = count
+            self._panel.show()
+        self._panel.refresh()
+
     def _call(self, work: Callable[[], object]) -> object:
         """Run engine work with progress shown; expected failures become one UsageError line."""
-        unsubscribe = bus.subscribe(ProgressPrinter(sys.stdout))
+        if self._widgets():
+            self._show_panel()
+            unsubscribe = lambda: None  # noqa: E731  (the panel follows the events itself)
+        else:
+            unsubscribe = bus.subscribe(ProgressPrinter(sys.stdout))
         try:
             return work()
         except ColabMagicsError as exc:
@@ -67,6 +97,13 @@ class ColabMagics(Magics):
         finally:
             bus.flush()
             unsubscribe()
+            if self._panel is not None:
+                self._panel.refresh()
+
+    def after_cell(self, result: object = None) -> None:
+        """``post_run_cell``: refresh the panel from the main thread (Colab drops thread updates)."""
+        if self._panel is not None:
+            self._panel.refresh()
 
     @staticmethod
     def _parse(magic: Callable[..., object], line: str) -> object:
@@ -86,8 +123,23 @@ class ColabMagics(Magics):
                 print(f"colab_magics: final sync of {persister.local} failed: {exc}", file=sys.stderr)
         self._persisters.clear()
         runner.stop_all()
+        if self._panel is not None:
+            self._panel.close()
+        self.board.close()
 
     # -- magics -----------------------------------------------------------------------------
+    @line_magic
+    def drive_status(self, line: str) -> None:
+        """Show what is synced, what is pending, how fast, what failed, and whether it is safe to disconnect."""
+        if line.strip():
+            raise UsageError("%drive_status takes no arguments")
+        if self._widgets():
+            self._show_panel()
+        else:
+            for p in self._persisters:
+                self.board.set_pending(p.name, *p.pending())
+            print(render_text(self.board))
+
     @magic_arguments()
     @argument("source", help="remote path (gdrive:x, /path) or a name under the default remote root")
     @argument("dest", nargs="?", help="local folder (default: ./<basename of SOURCE>)")

@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import remotes
+from . import localtree, remotes
 from .errors import ColabMagicsError, LockHeld
 from .events import EventBus, Job
 from .manifest import DEFAULT_PART_SIZE, MANIFEST_NAME, Manifest
@@ -200,6 +200,14 @@ class Persister:
     def resume(self) -> None:
         self._set(paused=False)
         self._wake.set()
+
+    def pending(self) -> tuple[int, int]:
+        """Files (and bytes) whose current local state is not on the remote yet: a quick ``stat`` walk."""
+        if not os.path.isdir(self.local):
+            return 0, 0
+        known = {f.path: f.stat_key() for f in self._manifest.files} if self._manifest else {}
+        changed = [f for f in localtree.scan(self.local).files if known.get(f.path) != (f.path, f.size, f.mtime_ns, f.mode)]
+        return len(changed), sum(f.size for f in changed)
 
     def status(self) -> PersistStatus:
         with self._state_lock:

@@ -1,0 +1,210 @@
+"""The live sync-status panel (ipywidgets), and its text form for front-ends without widgets.
+
+It observes a :class:`StatusBoard` and only ever calls ``trigger``, ``pause`` and ``resume`` on
+persists; it never runs a transfer.  Updates from background threads are throttled to a few
+a second, and the magics also refresh it on the main thread after every cell, because Colab
+drops widget updates made from threads (googlecolab/colabtools#3373).
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import humanize
+
+from .persist import Persister
+from .status import DONE, FAILED, RUNNING, Row, StatusBoard, age
+
+ARROWS = {"down": "\u2193", "up": "\u2191"}
+_COLORS = {"synced": "#1e8e3e", "idle": "#5f6368", "syncing": "#1a73e8", "pending changes": "#e37400", "error": "#d93025"}
+
+
+def _size(n: float) -> str:
+    return humanize.naturalsize(n, binary=True)
+
+
+def _ago(seconds: float | None) -> str:
+    return "never" if seconds is None else humanize.naturaltime(seconds)
+
+
+def describe(row: Row, now: float | None = None) -> str:
+    """One line of plain words for a row: bytes, rate, ETA, last sync, pending, error."""
+    p = row.progress
+    bits = []
+    if row.state == RUNNING:
+        if p.total_bytes:
+            bits.append(f"{_size(p.done_bytes)} of {_size(p.total_bytes)}")
+        elif p.done_bytes:
+            bits.append(_size(p.done_bytes))
+        if p.rate > 0:
+            bits.append(f"{_size(p.rate)}/s")
+        if p.eta is not None and p.total_bytes > p.done_bytes:
+            bits.append(f"ETA {humanize.naturaldelta(p.eta)}")
+        if p.total_files:
+            bits.append(f"{p.done_files:,}/{p.total_files:,} files")
+    elif row.state == DONE and row.summary:
+        bits.append(row.summary)
+    bits.append(f"last success {_ago(age(row.last_success, now))}")
+    if row.pending_files:
+        bits.append(f"pending {row.pending_files:,} file(s), {_size(row.pending_bytes)}")
+    return " \u00b7 ".join(bits)
+
+
+def render_text(board: StatusBoard, now: float | None = None) -> str:
+    """The compact text form: a header line and one line per job."""
+    overall = board.overall()
+    safe = "safe to disconnect" if overall.safe_to_disconnect else "NOT safe to disconnect yet"
+    lines = [f"colab_magics: {overall.state} \u2014 {safe} ({overall.detail})"]
+    for row in board.rows():
+        lines.append(f"  {ARROWS.get(row.direction, ' ')} {row.name}: {row.state}; {describe(row, now)}")
+        if row.state == FAILED and row.error:
+            lines.append(f"      error: {row.error}")
+    return "\n".join(lines)
+
+
+class Panel:
+    """Header, one row per job, and the Sync now / Pause / Refresh buttons."""
+
+    MIN_INTERVAL = 0.25  # seconds between two renders triggered from background threads
+
+    def __init__(self, board: StatusBoard, persisters: Callable[[], Sequence[Persister]]) -> None:
+        import ipywidgets as w
+
+        self._w = w
+        self.board = board
+        self.persisters = persisters
+        self.header = w.HTML().add_class("cm-header")
+        self.rows_box = w.VBox().add_class("cm-rows")
+        self.sync_now = w.Button(description="Sync now", tooltip="Sync every running %%persist now").add_class(
+            "cm-sync-now"
+        )
+        self.pause = w.Button(description="Pause", tooltip="Pause or resume background syncs").add_class("cm-pause")
+        self.refresh_button = w.Button(description="Refresh").add_class("cm-refresh")
+        self.sync_now.on_click(lambda _: self.trigger())
+        self.pause.on_click(lambda _: self.toggle_pause())
+        self.refresh_button.on_click(lambda _: self.refresh())
+        buttons = w.HBox([self.sync_now, self.pause, self.refresh_button]).add_class("cm-buttons")
+        self.widget = w.VBox([self.header, self.rows_box, buttons]).add_class("cm-panel")
+        self._rows: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._timer: threading.Timer | None = None
+        board.on_change(self.schedule)
+        self.refresh()
+
+    # -- actions ------------------------------------------------------------------------------
+    def trigger(self) -> list:
+        """Ask every running persist to sync now; returns their futures."""
+        futures = [p.trigger() for p in self.persisters()]
+        self.refresh()
+        return futures
+
+    def toggle_pause(self) -> None:
+        running = list(self.persisters())
+        paused = any(p.status().state == "paused" for p in running)
+        for p in running:
+            if paused:
+                p.resume()
+            else:
+                p.pause()
+        self.refresh()
+
+    # -- rendering ----------------------------------------------------------------------------
+    def schedule(self) -> None:
+        """Called from event threads: render now, or once a little later, never more often."""
+        with self._lock:
+            wait = self.MIN_INTERVAL - (time.monotonic() - self._last)
+            if wait <= 0:
+                due = True
+            else:
+                due = False
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._timer_fired)
+                    self._timer.daemon = True
+                    self._timer.start()
+        if due:
+            self.refresh()
+
+    def _timer_fired(self) -> None:
+        with self._lock:
+            self._timer = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read pending changes and every row into the widgets (safe from any thread)."""
+        with self._lock:
+            self._last = time.monotonic()
+        for p in self.persisters():
+            files, size = p.pending()
+            self.board.set_pending(p.name, files, size)
+        overall = self.board.overall()
+        now = time.time()
+        safe = "safe to disconnect" if overall.safe_to_disconnect else "not safe to disconnect yet"
+        color = _COLORS.get(overall.state, "#5f6368")
+        self.header.value = (
+            f"<div class='cm-state' style='font-weight:600'>"
+            f"<span style='color:{color}'>\u25cf {html.escape(overall.state)}</span> \u2014 "
+            f"<span class='cm-safe'>{safe}</span></div>"
+            f"<div class='cm-overall-detail' style='color:#5f6368'>{html.escape(overall.detail)}</div>"
+        )
+        paused = any(p.status().state == "paused" for p in self.persisters())
+        self.pause.description = "Resume" if paused else "Pause"
+        rows = self.board.rows()
+        children = []
+        for row in rows:
+            parts = self._rows.get(row.name) or self._new_row()
+            self._rows[row.name] = parts
+            self._fill(parts, row, now)
+            children.append(parts["box"])
+        if tuple(children) != tuple(self.rows_box.children):
+            self.rows_box.children = tuple(children)
+
+    def _new_row(self) -> dict:
+        w = self._w
+        parts = {
+            "name": w.HTML().add_class("cm-name"),
+            "bar": w.FloatProgress(min=0.0, max=1.0).add_class("cm-bar"),
+            "detail": w.HTML().add_class("cm-detail"),
+            "error": w.HTML().add_class("cm-error"),
+        }
+        parts["box"] = w.VBox(
+            [w.HBox([parts["name"], parts["bar"], parts["detail"]]).add_class("cm-row-main"), parts["error"]]
+        ).add_class("cm-row")
+        return parts
+
+    def _fill(self, parts: dict, row: Row, now: float) -> None:
+        p = row.progress
+        arrow = ARROWS.get(row.direction, "")
+        parts["name"].value = f"<b>{arrow} {html.escape(row.name)}</b> <span class='cm-row-state'>{row.state}</span>"
+        if row.state == DONE:
+            fraction, style = 1.0, "success"
+        elif row.state == FAILED:
+            fraction, style = (p.done_bytes / p.total_bytes if p.total_bytes else 0.0), "danger"
+        else:
+            fraction, style = (p.done_bytes / p.total_bytes if p.total_bytes else 0.0), "info"
+        parts["bar"].value = min(1.0, fraction)
+        parts["bar"].bar_style = style
+        parts["detail"].value = f"<span>{html.escape(describe(row, now))}</span>"
+        parts["error"].value = (
+            f"<span style='color:#d93025'>error: {html.escape(row.error)}</span>" if row.error else ""
+        )
+
+    def text(self) -> str:
+        return render_text(self.board)
+
+    def show(self) -> None:
+        """Display the widget with the text form beside it, for outputs read without widgets (logs)."""
+        from IPython.display import display
+
+        view = {"version_major": 2, "version_minor": 0, "model_id": self.widget.model_id}
+        display({"application/vnd.jupyter.widget-view+json": view, "text/plain": self.text()}, raw=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        self.widget.close()

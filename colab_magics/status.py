@@ -1,0 +1,104 @@
+"""What is synced, what is pending, what failed: the latest state of every job, from engine events.
+
+A :class:`StatusBoard` only listens; the notebook panel and the text view render what it holds.
+Rows are keyed by job name, so the successive syncs of one ``%%persist`` update one row.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from .events import Event, EventBus, Progress, bus
+
+RUNNING, DONE, FAILED, WAITING = "running", "done", "failed", "waiting"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    direction: str  # "down" or "up"
+    state: str  # running, done, failed, or waiting (a persist that has not synced yet)
+    progress: Progress
+    updated: float  # wall-clock time of the last event
+    last_success: float | None = None
+    summary: str = ""  # the last finished job's one-line summary
+    error: str = ""  # the last error, in plain words; cleared by a later success
+    pending_files: int = 0  # for persists: local changes not on the remote yet
+    pending_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Overall:
+    state: str  # "synced", "syncing", "pending changes", "error", or "idle" when nothing ran
+    safe_to_disconnect: bool
+    detail: str
+
+
+class StatusBoard:
+    """Collects engine events into rows; calls ``on_change`` listeners (from the event thread)."""
+
+    def __init__(self, events: EventBus | None = None) -> None:
+        self._rows: dict[str, Row] = {}
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+        self._unsubscribe = (events or bus).subscribe(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        with self._lock:
+            row = self._rows.get(event.name) or Row(event.name, event.direction, RUNNING, Progress(), event.at)
+            if event.kind in ("started", "progress", "message"):
+                row = replace(row, state=RUNNING, progress=event.progress, updated=event.at)
+            elif event.kind == "finished":
+                row = replace(
+                    row, state=DONE, progress=event.progress, updated=event.at, last_success=event.at,
+                    summary=event.message, error="",
+                )  # fmt: skip
+            elif event.kind == "failed":
+                row = replace(row, state=FAILED, updated=event.at, error=event.message)
+            self._rows[event.name] = row
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
+
+    def set_pending(self, name: str, files: int, size: int) -> None:
+        """Record local changes not synced yet (measured by the owner of the persist)."""
+        with self._lock:
+            row = self._rows.get(name) or Row(name, "up", WAITING, Progress(), time.time())
+            self._rows[name] = replace(row, pending_files=files, pending_bytes=size)
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def rows(self) -> list[Row]:
+        with self._lock:
+            return sorted(self._rows.values(), key=lambda r: r.name)
+
+    def overall(self) -> Overall:
+        rows = self.rows()
+        if not rows:
+            return Overall("idle", True, "nothing has run yet")
+        failed = [r for r in rows if r.state == FAILED]
+        running = [r for r in rows if r.state == RUNNING]
+        pending = [r for r in rows if r.pending_files]
+        if failed:
+            return Overall("error", False, f"{failed[0].name}: {failed[0].error}")
+        if running:
+            return Overall("syncing", False, ", ".join(r.name for r in running))
+        if pending:
+            files = sum(r.pending_files for r in pending)
+            return Overall("pending changes", False, f"{files:,} changed file(s) not on the remote yet")
+        return Overall("synced", True, "everything is on the remote")
+
+    def close(self) -> None:
+        self._unsubscribe()
+        with self._lock:
+            self._listeners.clear()
+
+
+def age(when: float | None, now: float | None = None) -> float | None:
+    """Seconds since ``when`` (None stays None)."""
+    return None if when is None else max(0.0, (now or time.time()) - when)

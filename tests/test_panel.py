@@ -1,0 +1,138 @@
+"""The status board and the panel, checked by their values (ipywidgets 8 builds widgets outside a kernel)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from IPython.core.error import UsageError
+from trees import make_tree
+
+import colab_magics as cm
+from colab_magics import errors
+from colab_magics.events import EventBus
+from colab_magics.panel import Panel, render_text
+from colab_magics.persist import Persister
+from colab_magics.status import StatusBoard
+
+widgets = pytest.importorskip("ipywidgets")
+
+
+@pytest.fixture
+def board():
+    bus = EventBus()
+    b = StatusBoard(bus)
+    yield bus, b
+    b.close()
+    bus.close()
+
+
+def _classes(widget) -> set:
+    return set(widget._dom_classes)
+
+
+def test_finished_jobs_show_as_synced_and_safe(board, tmp_path):
+    bus, b = board
+    src = make_tree(tmp_path / "data", small=5, odd=False)
+    cm.push(src, "ds", pack=True, events=bus)
+    cm.stage("ds", tmp_path / "back", events=bus)
+    bus.flush()
+    panel = Panel(b, lambda: [])
+    assert {"cm-panel"} <= _classes(panel.widget)
+    assert "synced" in panel.header.value and "safe to disconnect" in panel.header.value
+    rows = panel.rows_box.children
+    assert len(rows) == 2 and all("cm-row" in _classes(r) for r in rows)
+    bar = panel._rows["stage ds"]["bar"]
+    assert bar.value == 1.0 and bar.bar_style == "success" and "cm-bar" in _classes(bar)
+    detail = panel._rows["push data"]["detail"].value
+    assert "pushed" in detail and "last success" in detail
+    text = render_text(b)
+    assert text.startswith("colab_magics: synced") and "\u2191 push data" in text and "\u2193 stage ds" in text
+    panel.close()
+
+
+def test_a_failure_is_shown_in_plain_words(board, tmp_path):
+    bus, b = board
+    with pytest.raises(errors.RemoteNotFound):
+        cm.stage("no/such/dataset", tmp_path / "x", events=bus)
+    bus.flush()
+    panel = Panel(b, lambda: [])
+    assert "error" in panel.header.value and "not safe" in panel.header.value
+    row = panel._rows["stage no/such/dataset"]
+    assert row["bar"].bar_style == "danger" and "does not exist" in row["error"].value
+    assert "error: " in render_text(b)
+    panel.close()
+
+
+def test_sync_now_and_pause_drive_the_persist(board, tmp_path):
+    bus, b = board
+    local = tmp_path / "outputs"
+    local.mkdir()
+    p = Persister(local, every=3600, events=bus)
+    p.start()
+    try:
+        panel = Panel(b, lambda: [p])
+        (local / "ckpt.pt").write_bytes(b"x" * 1000)
+        panel.refresh()
+        assert "pending changes" in panel.header.value and "not safe" in panel.header.value
+        futures = panel.trigger()  # what the "Sync now" button does
+        futures[0].result(timeout=30)
+        bus.flush()
+        panel.refresh()
+        assert "synced" in panel.header.value
+        assert "last success" in panel._rows["persist outputs"]["detail"].value
+        (local / "more.txt").write_text("new")
+        panel.refresh()
+        assert "pending changes" in panel.header.value and "1 changed file" in panel.header.value
+        panel.pause.click()
+        assert p.status().state == "paused" and panel.pause.description == "Resume"
+        panel.pause.click()
+        assert p.status().state == "idle" and panel.pause.description == "Pause"
+        panel.sync_now.click()
+        deadline = time.monotonic() + 30
+        while p.pending() != (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.pending() == (0, 0)
+        panel.close()
+    finally:
+        p.stop()
+
+
+def test_updates_from_threads_are_throttled(board):
+    bus, b = board
+
+    class Counting(Panel):
+        renders = 0
+
+        def refresh(self) -> None:
+            Counting.renders += 1
+            super().refresh()
+
+    panel = Counting(b, lambda: [])
+    Counting.renders = 0
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=lambda: [panel.schedule() for _ in range(200)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(0.4)
+    elapsed = time.monotonic() - t0
+    assert Counting.renders <= 2 + elapsed / Panel.MIN_INTERVAL
+    assert Counting.renders >= 1
+    panel.close()
+
+
+def test_terminal_shell_gets_the_text_form(ip, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ip.run_line_magic("drive_status", "")
+    assert "colab_magics: idle" in capsys.readouterr().out
+    make_tree(tmp_path / "data", small=2, odd=False)
+    ip.run_line_magic("drive_push", "data --pack")
+    capsys.readouterr()
+    ip.run_line_magic("drive_status", "")
+    out = capsys.readouterr().out
+    assert "synced" in out and "push data" in out and len(out.splitlines()) <= 5
+    with pytest.raises(UsageError):
+        ip.run_line_magic("drive_status", "extra")
