@@ -74,13 +74,13 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-import psutil  # noqa: E402  (a dependency of the test extra; used for CPU accounting)
+import psutil
 
-from colab_magics import runner  # noqa: E402
-from colab_magics.binary import find_rclone  # noqa: E402
-from colab_magics.events import bus  # noqa: E402
-from colab_magics.packsync import PackedSync  # noqa: E402
-from colab_magics.persist import Persister  # noqa: E402
+from colab_magics import runner
+from colab_magics.binary import find_rclone
+from colab_magics.events import bus
+from colab_magics.packsync import PackedSync
+from colab_magics.persist import Persister
 
 MiB = 2**20
 MB = 10**6
@@ -158,7 +158,9 @@ def training_loop(outdir: str, seconds: float, ckpt_every: float, body: bytes, w
     cpu1, sys1, disk1 = me.cpu_times(), psutil.cpu_times(), _disk_written()
     proc_cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
     children_cpu = (cpu1.children_user + cpu1.children_system) - (cpu0.children_user + cpu0.children_system)
-    sys_busy = (sum(sys1) - sys1.idle - getattr(sys1, "iowait", 0)) - (sum(sys0) - sys0.idle - getattr(sys0, "iowait", 0))
+    sys_busy = (sum(sys1) - sys1.idle - getattr(sys1, "iowait", 0)) - (
+        sum(sys0) - sys0.idle - getattr(sys0, "iowait", 0)
+    )
     return {
         "wall_start": wall_start,
         "wall_end": time.time(),
@@ -175,6 +177,7 @@ def training_loop(outdir: str, seconds: float, ckpt_every: float, body: bytes, w
         "other_threads_cpu": proc_cpu - thread_cpu,
         "children_cpu": children_cpu,
         "machine_busy_cpu": sys_busy,
+        "machine_steal_cpu": getattr(sys1, "steal", 0.0) - getattr(sys0, "steal", 0.0),
         "disk_written_mb": None if disk0 is None or disk1 is None else (disk1 - disk0) / MB,
         "log_bytes": os.path.getsize(os.path.join(outdir, LOG)),
     }
@@ -286,13 +289,14 @@ class Instrument:
         self.lock = threading.Lock()
         self.profiler = cProfile.Profile() if profile else None
         self._saved: list[tuple[object, str, object]] = []
+        self.between: dict = {"phases": {}, "rclone": {}}  # rclone calls of the persist thread outside a sync
 
     def _patch(self, owner: object, name: str, make) -> None:  # type: ignore[no-untyped-def]
         original = getattr(owner, name)
         self._saved.append((owner, name, original))
         setattr(owner, name, make(original))
 
-    def __enter__(self) -> "Instrument":
+    def __enter__(self):  # type: ignore[no-untyped-def]
         inst = self
 
         def sync_wrapper(original):  # type: ignore[no-untyped-def]
@@ -345,10 +349,8 @@ class Instrument:
                 name = threading.current_thread().name
                 if record is not None or name.startswith("colab_magics-persist"):
                     key = argv[1] if len(argv) > 1 else "?"
-                    if record is None:  # lock refresh between syncs
-                        key = f"{key} (between syncs)"
-                        with inst.lock:
-                            record = inst.between = getattr(inst, "between", {"phases": {}, "rclone": {}})
+                    if record is None:  # the lock's refresh, between syncs
+                        record = inst.between
                     got = record["rclone"].setdefault(key, [0, 0.0])
                     got[0] += 1
                     got[1] += spawn
@@ -368,8 +370,7 @@ class Instrument:
     def take(self) -> tuple[list[dict], dict]:
         with self.lock:
             syncs, self.syncs = self.syncs, []
-            between = getattr(self, "between", {"phases": {}, "rclone": {}})
-            self.between = {"phases": {}, "rclone": {}}
+            between, self.between = self.between, {"phases": {}, "rclone": {}}
         return syncs, between
 
     def profile_text(self) -> str | None:
@@ -519,8 +520,11 @@ def analyse(loop: dict, snapshots: list[dict], events: list[dict], syncs: list[d
         "sync_events": summaries,
         "sync_phases": syncs,
         "rclone_between_syncs": between["rclone"],
-        "log": {"local_bytes": loop["log_bytes"], "remote_bytes_at_loop_end": remote_log_at_end,
-                "manifests_updating_it_during_loop": log_updates},  # fmt: skip
+        "log": {
+            "local_bytes": loop["log_bytes"],
+            "remote_bytes_at_loop_end": remote_log_at_end,
+            "manifests_updating_it_during_loop": log_updates,
+        },
         "stray_remote_files": sorted(stray),
     }
 
@@ -530,7 +534,9 @@ def check_remote_checkpoint(dest: Path, snapshots: list[dict], versions: list[di
     try:
         manifest = json.loads((dest / "manifest.json").read_bytes())
         entry = next(f for f in manifest["files"] if f["path"] == CKPT)
-        part = manifest["parts"][entry["segments"][0]["part"] if isinstance(entry["segments"][0], dict) else entry["segments"][0][0]]
+        part = manifest["parts"][
+            entry["segments"][0]["part"] if isinstance(entry["segments"][0], dict) else entry["segments"][0][0]
+        ]
         with tarfile.open(dest / part["name"]) as tf:
             member = tf.getmember(CKPT)
             fh = tf.extractfile(member)
@@ -541,6 +547,11 @@ def check_remote_checkpoint(dest: Path, snapshots: list[dict], versions: list[di
                 "ok": magic == MAGIC and version == last}  # fmt: skip
     except Exception as exc:  # noqa: BLE001
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def _outside(loop: dict) -> float:
+    """CPU seconds the rest of the machine used during the loop (another job on a shared machine skews a run)."""
+    return loop["machine_busy_cpu"] - loop["loop_thread_cpu"] - loop["other_threads_cpu"] - loop["children_cpu"]
 
 
 # -- report --------------------------------------------------------------------------------------------
@@ -562,7 +573,7 @@ def report(runs: list[dict], args: argparse.Namespace, meta: dict) -> tuple[str,
       f"%%persist outputs --every {args.every}")  # fmt: skip
     p(f"{meta['rclone']}; Python {platform.python_version()}; IPython {meta['ipython']}; {os.cpu_count()} CPUs")
     p("")
-    head = (f"{'#':>2} {'run':<8} {'steps':>6} {'steps/s':>8} {'vs base':>8} {'step p50/p99/max ms':>21} "
+    head = (f"{'#':>2} {'run':<8} {'steps':>6} {'steps/s':>8} {'vs base':>8} {'step p50/p99/max ms':>21} {'CPU ms/step':>11} "
             f"{'ckpts':>5} {'ckpt write s':>13} {'CPU s: loop/other/rclone':>25} {'start s':>7} {'flush s':>7}")  # fmt: skip
     p(head)
     p("-" * len(head))
@@ -577,10 +588,12 @@ def report(runs: list[dict], args: argparse.Namespace, meta: dict) -> tuple[str,
         wtxt = f"{statistics.fmean(writes):.2f}/{max(writes):.2f}" if writes else "-"
         cpu = f"{lp['loop_thread_cpu']:.1f}/{lp['other_threads_cpu']:.1f}/{lp['children_cpu']:.1f}"
         p(f"{r['index']:>2} {r['mode']:<8} {lp['steps']:>6} {lp['steps_per_s']:>8.2f} {rel:>8} "
-          f"{sm['p50']:>6.1f}/{sm['p99']:>5.1f}/{sm['max']:>6.0f}  {len(writes):>5} {wtxt + ' (mean/max)':>13} "
+          f"{sm['p50']:>6.1f}/{sm['p99']:>5.1f}/{sm['max']:>6.0f}  {lp['compute_cpu'] / lp['steps'] * 1000:>11.2f} {len(writes):>5} {wtxt + ' (mean/max)':>13} "
           f"{cpu:>25} {r['startup_s']:>7.2f} {r['after_loop_s']:>7.2f}")  # fmt: skip
         if r.get("error"):
             p(f"   ! {r['error']}")
+        if _outside(lp) > 0.05 * lp["seconds"]:
+            p(f"   ! other processes used {_outside(lp):.0f} CPU-s during this run: its throughput is skewed")
     summary: dict = {"mean_base_steps_per_s": mean_base}
     p("")
     if base_tput:
@@ -597,13 +610,12 @@ def report(runs: list[dict], args: argparse.Namespace, meta: dict) -> tuple[str,
         noise = summary.get("base_spread_pct")
         p(f"slowdown under %%persist: {', '.join(f'{s:.2f}%' for s in slow)} (mean {mean_slow:.2f}%; target < "
           f"{TARGET_SLOWDOWN:g}%: {verdict}; noise between base runs {f1(noise, '%', 2)})")  # fmt: skip
-        comp = [(r["loop"]["compute_wall"] / r["loop"]["steps"]) for r in ok]
         p("  where the loop's time went (s of the run): " + "; ".join(
             f"#{r['index']} {r['mode']}: compute {r['loop']['compute_wall']:.1f} (CPU {r['loop']['compute_cpu']:.1f}), "
             f"ckpt writes {r['loop']['ckpt_wall']:.1f}, log {r['loop']['log_wall']:.2f}" for r in ok))  # fmt: skip
-        del comp
-        p("  machine CPU busy during the loop (of 2 x wall): " + "; ".join(
-            f"#{r['index']} {r['loop']['machine_busy_cpu']:.0f}/{2 * r['loop']['seconds']:.0f} s"
+        p("  machine CPU busy during the loop (of CPUs x wall): " + "; ".join(
+            f"#{r['index']} {r['loop']['machine_busy_cpu']:.0f}/{(os.cpu_count() or 1) * r['loop']['seconds']:.0f} s"
+            f" (other processes {_outside(r['loop']):.1f} s, steal {r['loop']['machine_steal_cpu']:.1f} s)"
             + (f", disk written {r['loop']['disk_written_mb']:.0f} MB" if r['loop']['disk_written_mb'] is not None else "")
             for r in ok))  # fmt: skip
     for r in pers:
@@ -635,8 +647,17 @@ def report(runs: list[dict], args: argparse.Namespace, meta: dict) -> tuple[str,
             p(f"  background sync: {statistics.fmean(dur):.2f} s mean ({min(dur):.2f}-{max(dur):.2f}), persist-thread CPU "
               f"{statistics.fmean(s['thread_cpu'] for s in bg):.2f} s per sync; phases (mean s): "
               + ", ".join(f"{k.strip('_')} {v:.2f}" for k, v in phases.items()))  # fmt: skip
-            p(f"  rclone children per sync: {sum(calls.values()) / len(bg):.1f} ("
+            spawn = sum(t for s in bg for (_, t) in s["rclone"].values()) / max(1, sum(calls.values()))
+            p(f"  rclone children per sync: {sum(calls.values()) / len(bg):.1f}, {spawn * 1000:.0f} ms each to start ("
               + ", ".join(f"{k} {v / len(bg):.1g}" for k, v in sorted(calls.items())) + ")")  # fmt: skip
+        fin = [s for s in r["sync_phases"] if s["thread"] == "final"]
+        if fin:
+            s0 = fin[-1]
+            n = sum(c for c, _ in s0["rclone"].values())
+            spawn = sum(t for _, t in s0["rclone"].values()) / max(1, n)
+            p(f"  final flush (main thread, loop stopped): {s0['end'] - s0['start']:.2f} s; phases: "
+              + ", ".join(f"{k.strip('_')} {s0['phases'].get(k, 0.0):.2f}" for k in PHASES)
+              + f"; {n} rclone children, {spawn * 1000:.0f} ms each to start")  # fmt: skip
         torn = sorted({p_ for m in r["manifests"] if not m["final"] for p_ in m["torn_in_new_parts"]})
         lg = r["log"]
         p(f"  {LOG}: {lg['local_bytes']:,} bytes locally at loop end, {lg['remote_bytes_at_loop_end']:,} in the remote "
@@ -651,6 +672,8 @@ def report(runs: list[dict], args: argparse.Namespace, meta: dict) -> tuple[str,
             p(f"  remote checkpoint read back after the flush: version {rc['remote_version']} (last written "
               f"{rc['last_written']}): {'OK' if rc['ok'] else 'MISMATCH'}")  # fmt: skip
     p("")
+    p("CPU ms/step = the training thread's CPU time per step of compute: if it moves with steps/s, the CPU itself was")
+    p("slower (host noise, shared caches), not the thread kept waiting (GIL, run queue).")
     p("steps/s = steps completed / loop wall time; 'vs base' is relative to the mean of the base runs. CPU s: the")
     p("training thread / the other threads of this process (persist thread, rclone pipe readers, event bus) / rclone")
     p("children, during the loop. start s = cell start -> loop start (restore, lock, listing); flush s = loop end ->")
@@ -660,10 +683,14 @@ def report(runs: list[dict], args: argparse.Namespace, meta: dict) -> tuple[str,
 
 # -- main ------------------------------------------------------------------------------------------------
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seconds", type=float, default=None, help="length of each run (default 60; 15 with --quick)")
     ap.add_argument("--ckpt-mib", type=int, default=200, help="checkpoint size in MiB (default 200)")
-    ap.add_argument("--ckpt-every", type=float, default=None, help="seconds between checkpoints (default 5; 3 with --quick)")
+    ap.add_argument(
+        "--ckpt-every", type=float, default=None, help="seconds between checkpoints (default 5; 3 with --quick)"
+    )
     ap.add_argument("--every", default="10s", help="the %%persist interval (default 10s)")
     ap.add_argument("--work", type=int, default=80_000, help="LCG iterations per step (default 80,000: ~10 ms here)")
     ap.add_argument("--order", default="base,persist,base", help="runs in order (default base,persist,base)")
@@ -684,7 +711,9 @@ def main() -> int:
 
     rclone = find_rclone()
     meta = {
-        "rclone": subprocess.run([rclone, "version"], check=False, capture_output=True, text=True).stdout.splitlines()[0],
+        "rclone": subprocess.run([rclone, "version"], check=False, capture_output=True, text=True).stdout.splitlines()[
+            0
+        ],
         "ipython": IPython.__version__,
     }
     started = time.monotonic()
@@ -757,11 +786,22 @@ def main() -> int:
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": {
-            "seconds": args.seconds, "ckpt_mib": args.ckpt_mib, "ckpt_every": args.ckpt_every, "every": args.every,
-            "work": args.work, "order": order, "remote": meta["remote_desc"], "target_slowdown_pct": TARGET_SLOWDOWN,
-        },  # fmt: skip
-        "environment": {"rclone": meta["rclone"], "ipython": meta["ipython"], "python": platform.python_version(),
-                        "cpus": os.cpu_count(), "platform": platform.platform()},  # fmt: skip
+            "seconds": args.seconds,
+            "ckpt_mib": args.ckpt_mib,
+            "ckpt_every": args.ckpt_every,
+            "every": args.every,
+            "work": args.work,
+            "order": order,
+            "remote": meta["remote_desc"],
+            "target_slowdown_pct": TARGET_SLOWDOWN,
+        },
+        "environment": {
+            "rclone": meta["rclone"],
+            "ipython": meta["ipython"],
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
         "summary": summary,
         "runs": runs,
         "profile": profile_text,

@@ -205,15 +205,19 @@ class ColabMagics(Magics):
             persister = Persister(
                 args.dir, args.dest, every=every, mirror=args.mirror, part_size=part_size, root=self._root()
             )
-            if not args.no_restore:
-                restored = persister.restore()
-                if restored is not None:
-                    print(f"restored: {restored.summary()}")
-            persister.start(steal_lock=args.steal_lock)
+            self._persisters.add(persister)  # the panel's buttons reach it from now on
+            try:
+                if not args.no_restore:
+                    restored = persister.restore()
+                    if restored is not None:
+                        print(f"restored: {restored.summary()}")
+                persister.start(steal_lock=args.steal_lock)
+            except BaseException:
+                self._persisters.discard(persister)
+                raise
             return persister
 
         persister: Persister = self._call(create)  # type: ignore[assignment]
-        self._persisters.add(persister)
         try:
             self.shell.ex(self.shell.transform_cell(cell))  # exceptions propagate unchanged
         except BaseException:

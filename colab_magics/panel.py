@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any, Callable, Sequence
 
 import humanize
@@ -65,6 +66,45 @@ def render_text(board: StatusBoard, now: float | None = None) -> str:
     return "\n".join(lines)
 
 
+_subshell: list = []  # the kernel subshell that handles the panel's clicks, made once
+
+
+def _route_clicks_off_the_main_thread(buttons: Sequence[Any]) -> None:
+    """Let "Sync now" work while a cell is running (ipykernel 7+, best effort).
+
+    A kernel handles widget messages on its main thread, which a running cell keeps busy, so a
+    click would wait for the cell to end.  ipykernel 7 runs kernel subshells on threads of their
+    own and routes each comm's messages by its ``_reply_subshell_for``; the buttons' comms are
+    routed to one subshell of ours.  Elsewhere (older kernels, no kernel) clicks are handled
+    when the cell ends, as for any widget.
+    """
+    try:
+        from ipykernel.kernelbase import Kernel
+
+        if not Kernel.initialized():
+            return
+        kernel = Kernel.instance()
+        if not getattr(kernel, "_supports_kernel_subshells", False):
+            return
+        if not _subshell:
+            channel = kernel.shell_channel_thread
+            made: "Future[str]" = Future()
+
+            def create() -> None:
+                try:
+                    made.set_result(channel.manager._create_subshell())
+                except Exception as exc:  # an ipykernel without this private API
+                    made.set_exception(exc)
+
+            channel.io_loop.add_callback(create)
+            _subshell.append(made.result(timeout=5))
+        subshell_id = _subshell[0]
+        for button in buttons:
+            button.comm._reply_subshell_for = lambda data, default, _id=subshell_id: _id
+    except Exception:  # the panel works without it; clicks then wait for the cell to end
+        return
+
+
 class Panel:
     """Header, one row per job, and the Sync now / Pause / Refresh buttons."""
 
@@ -83,6 +123,7 @@ class Panel:
         )
         self.pause = w.Button(description="Pause", tooltip="Pause or resume background syncs").add_class("cm-pause")
         self.refresh_button = w.Button(description="Refresh").add_class("cm-refresh")
+        _route_clicks_off_the_main_thread([self.sync_now, self.pause, self.refresh_button])
         self.sync_now.on_click(lambda _: self.trigger())
         self.pause.on_click(lambda _: self.toggle_pause())
         self.refresh_button.on_click(lambda _: self.refresh())

@@ -1,0 +1,94 @@
+"""The panel in a real kernel: shown by the magics, and "Sync now" clicked while a cell runs.
+
+The click is sent exactly as a front-end sends it (a ``comm_msg`` with a ``click`` event to
+the button's comm), while a ``%%persist`` cell is still running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import time
+
+import pytest
+
+jupyter_client = pytest.importorskip("jupyter_client", reason="jupyter_client is a test dependency")
+pytest.importorskip("ipykernel", reason="ipykernel is a test dependency")
+pytest.importorskip("ipywidgets")
+
+pytestmark = pytest.mark.kernel
+
+CELL = """%%persist outputs --every 1h
+import os, time
+open("outputs/first.txt", "w").write("written before the click")
+deadline = time.time() + 60
+while not os.path.exists("release") and time.time() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def _messages(kc, until, timeout=60):
+    """Yield iopub messages until ``until(msg)`` is true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = kc.get_iopub_msg(timeout=0.5)
+        except queue.Empty:
+            continue
+        yield msg
+        if until(msg):
+            return
+    raise AssertionError("the kernel did not answer in time")
+
+
+def test_sync_now_works_while_the_persist_cell_runs(tmp_path):
+    import ipykernel
+
+    if int(ipykernel.__version__.split(".")[0]) < 7:
+        pytest.skip("clicks during a running cell need kernel subshells (ipykernel 7+)")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    remote = tmp_path / "remote"
+    env = dict(os.environ, COLAB_MAGICS_REMOTE=str(remote), COLAB_MAGICS_STATE_DIR=str(tmp_path / "state"),
+               RCLONE_CONFIG="/dev/null")  # fmt: skip
+    km = jupyter_client.KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(workdir), env=env)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        kc.execute_interactive("%load_ext colab_magics", timeout=60)
+        kc.execute(CELL)
+        buttons: dict[str, str] = {}
+        views = []
+        for msg in _messages(kc, lambda m: "Sync now" in buttons and views):
+            content = msg["content"]
+            if msg["msg_type"] == "comm_open":
+                state = content["data"].get("state", {})
+                if state.get("_model_name") == "ButtonModel":
+                    buttons[state.get("description")] = content["comm_id"]
+            if msg["msg_type"] == "display_data" and "application/vnd.jupyter.widget-view+json" in content["data"]:
+                views.append(content["data"])
+        assert "colab_magics:" in views[0]["text/plain"]  # the text form travels with the view
+        manifest = remote / "outputs" / "manifest.json"
+        assert not manifest.exists()  # nothing synced yet: interval is an hour
+        time.sleep(0.5)  # as a person would: the panel is on screen, the training runs
+        click = kc.session.msg(
+            "comm_msg", {"comm_id": buttons["Sync now"], "data": {"method": "custom", "content": {"event": "click"}}}
+        )
+        kc.shell_channel.send(click)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not manifest.exists():
+            time.sleep(0.1)
+        assert manifest.exists(), "Sync now was not handled while the cell was running"
+        files = {f["path"] for f in json.loads(manifest.read_text())["files"]}
+        assert files == {"first.txt"}
+        (workdir / "release").write_text("")
+        reply = kc.get_shell_msg(timeout=60)
+        while reply["msg_type"] != "execute_reply":
+            reply = kc.get_shell_msg(timeout=60)
+        assert reply["content"]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
