@@ -21,7 +21,9 @@ pytestmark = pytest.mark.kernel
 
 CELL = """%%persist outputs --every 1h
 import os, time
-open("outputs/first.txt", "w").write("written before the click")
+with open("outputs/first.txt", "w") as f:
+    f.write("written before the click")
+open("ready", "w").close()
 deadline = time.time() + 60
 while not os.path.exists("release") and time.time() < deadline:
     time.sleep(0.05)
@@ -83,7 +85,7 @@ def test_sync_now_works_while_the_persist_cell_runs(tmp_path):
             time.sleep(0.1)
         assert manifest.exists(), "Sync now was not handled while the cell was running"
         files = {f["path"] for f in json.loads(manifest.read_text())["files"]}
-        assert files == {"first.txt"}
+        assert files == {"first.txt"}, manifest.read_text()
         (workdir / "release").write_text("")
         reply = kc.get_shell_msg(timeout=60)
         while reply["msg_type"] != "execute_reply":
