@@ -21,7 +21,7 @@ from .errors import BadInput, SourceChanged
 from .localtree import FileStat
 
 BLOCK = 512
-CHUNK = 1 << 20
+CHUNK = 4 << 20  # large reads: fewer hand-offs of the interpreter lock with a busy training thread
 _END = 2 * BLOCK + 20 * BLOCK  # end-of-archive blocks plus record padding
 
 
@@ -110,6 +110,9 @@ class _Slice:
         return data
 
 
+GROWTH_SLACK = 4 << 20  # a whole file may have grown this much since the scan (logs) and still fit its part
+
+
 def write_part(
     pieces: list[Piece],
     root: str,
@@ -117,11 +120,16 @@ def write_part(
     digests: dict[str, "hashlib._Hash"],
     on_bytes: Callable[[int], None] | None = None,
     tolerant: bool = False,
+    taken: dict[str, FileStat] | None = None,
 ) -> list[str]:
     """Stream ``pieces`` as one tar into ``sink``; returns the paths that changed while being read.
 
-    ``digests`` carries each file's SHA-256 across parts for files split in several.  A file
-    that vanished is skipped when ``tolerant``, else it is a :class:`SourceChanged`.
+    Each whole file is snapshotted when it is opened: its ``fstat`` then is what goes into the
+    part (and into ``taken``), so a log that grew since the folder was scanned is taken as it
+    is at that moment; it counts as changed only if it changes while being read, or grew too
+    much to fit.  Pieces of split files must match the scan.  ``digests`` carries each file's
+    SHA-256 across parts.  A file that vanished is skipped when ``tolerant``, else it is a
+    :class:`SourceChanged`.
     """
     changed: list[str] = []
     out = _Batch(sink)
@@ -135,22 +143,32 @@ def write_part(
                 raise SourceChanged(f"{path} disappeared while it was being packed; push again", [f.path]) from None
             changed.append(f.path)
             continue
-        info = tarfile.TarInfo(f.path)
-        info.size = piece.length
-        info.mode = f.mode
-        info.mtime = f.mtime_ns // 10**9
-        out.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-        reader = _Slice(fh, piece.length, digests.setdefault(f.path, hashlib.sha256()))
         with fh:
+            st0 = os.fstat(fh.fileno())
+            now = FileStat(f.path, st0.st_size, f.mode, st0.st_mtime_ns)
+            if (now.size, now.mtime_ns) != (f.size, f.mtime_ns) and (
+                not piece.whole or now.size > f.size + GROWTH_SLACK
+            ):
+                changed.append(f.path)  # rewritten since the scan: left for the next sync, nothing sent
+                continue
+            length = now.size if piece.whole else piece.length
+            info = tarfile.TarInfo(f.path)
+            info.size = length
+            info.mode = f.mode
+            info.mtime = now.mtime_ns // 10**9
+            out.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+            reader = _Slice(fh, length, digests.setdefault(f.path, hashlib.sha256()))
             fh.seek(piece.offset)
             while reader.left:
                 out.write(reader.read(CHUNK))
             st = os.fstat(fh.fileno())
-        out.write(bytes(-piece.length % BLOCK))
-        if reader.short or (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
+        out.write(bytes(-length % BLOCK))
+        if reader.short or (st.st_size, st.st_mtime_ns) != (now.size, now.mtime_ns):
             changed.append(f.path)
+        elif taken is not None:
+            taken[f.path] = now
         if on_bytes is not None:
-            on_bytes(piece.length)
+            on_bytes(length)
     out.write(bytes(2 * BLOCK))  # end of archive
     out.write(bytes(-out.count % tarfile.RECORDSIZE))
     out.flush()

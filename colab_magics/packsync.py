@@ -36,6 +36,7 @@ from .manifest import (
     PartEntry,
     Segment,
 )
+from .localtree import FileStat
 from .pack import Piece, plan, write_part
 from .transfer import Context, Result, quietly, short_id, verify_upload
 
@@ -104,14 +105,14 @@ class PackedSync:
 
     # -- the algorithm --------------------------------------------------------------------------
     def settled_scan(self) -> localtree.Tree:
-        """A scan taken once the folder has been quiet for ``settle`` seconds, or after 3x that.
+        """A scan taken once the folder has been quiet for ``settle`` seconds, or after waiting that long.
 
         A file caught mid-write is still detected later (its ``stat`` changes while it is read);
         waiting first makes that rare for checkpoints written in bursts.
         """
         tree = self.scan()
         settle = self.opt.settle
-        deadline = time.monotonic() + 3 * settle
+        deadline = time.monotonic() + settle
         while settle and time.monotonic() < deadline:
             newest = max((f.mtime_ns for f in tree.files), default=0) / 1e9
             if time.time() - newest >= settle:
@@ -146,15 +147,16 @@ class PackedSync:
         new_parts: list[tuple[PartEntry, list[Piece]]] = []
         torn: set[str] = set()
         digests: dict[str, "hashlib._Hash"] = {}
+        taken: dict[str, FileStat] = {}  # each file as it was when read
         staging = remotes.join(self.dest, f".cm-upload-{self.push_id}")
         try:
             for pieces in plan([current[p] for p in to_upload], self.opt.part_size) if to_upload else []:
-                entry, changed = self._upload_part(staging, pieces, digests, old, len(new_parts))
+                entry, changed = self._upload_part(staging, pieces, digests, old, len(new_parts), taken)
                 torn |= set(changed)
                 new_parts.append((entry, pieces))
             if new_parts:
                 self._publish_parts(staging, [entry for entry, _ in new_parts])
-            manifest, final = self._build(tree, old, old_files, served, new_parts, torn, digests, must_keep)
+            manifest, final = self._build(tree, old, old_files, served, new_parts, torn, digests, taken)
             if old is not None and not new_parts and manifest.to_json() == old.to_json():
                 return SyncOutcome(self._result(final, up_to_date=True), old, sorted(torn))
             self._put_manifest(manifest)
@@ -164,7 +166,7 @@ class PackedSync:
                 quietly(self.ctx.rc, "deletefile", remotes.join(self.dest, entry.name))
             raise
         self._remove_unreferenced(manifest, old)
-        moved = sum(current[p].size for p in to_upload if p not in torn)
+        moved = sum(taken[p].size for p in to_upload if p in taken and p not in torn)
         result = self._result(final, moved_files=len([p for p in to_upload if p not in torn]), moved_bytes=moved)
         result.reused_parts = len(manifest.parts) - len(new_parts)
         return SyncOutcome(result, manifest, sorted(torn), result.moved_files or 0, moved)
@@ -191,7 +193,7 @@ class PackedSync:
         new_parts: list[tuple[PartEntry, list[Piece]]],
         torn: set[str],
         digests: dict,
-        must_keep: set[str],
+        taken: dict[str, FileStat],
     ) -> tuple[Manifest, dict[str, FileEntry]]:
         keep_old = set(served)
         keep_old |= {p for p in torn if p in old_files}  # a torn file keeps its previous version
@@ -216,9 +218,12 @@ class PackedSync:
             skip = tuple(sorted({pc.file.path for pc in pieces if pc.file.path in torn}))
             parts.append(PartEntry(entry.name, entry.size, entry.md5, entry.members, entry.data_bytes, skip))
             for piece in pieces:
-                if piece.file.path not in torn:
-                    new_segments.setdefault(piece.file.path, []).append(Segment(index, piece.offset, piece.length))
+                path = piece.file.path
+                if path not in torn:
+                    length = taken[path].size if piece.whole else piece.length
+                    new_segments.setdefault(path, []).append(Segment(index, piece.offset, length))
         stats = {f.path: f for f in tree.files}
+        stats.update(taken)
         for p, segs in new_segments.items():
             f = stats[p]
             final[p] = FileEntry(p, f.size, f.mode, f.mtime_ns, digests[p].hexdigest(), tuple(segs))
@@ -250,7 +255,13 @@ class PackedSync:
         return f"parts/{folder:03d}/part-{self.push_id}-{serial:04d}{suffix}"
 
     def _upload_part(
-        self, staging: str, pieces: list[Piece], digests: dict, old: Manifest | None, serial: int
+        self,
+        staging: str,
+        pieces: list[Piece],
+        digests: dict,
+        old: Manifest | None,
+        serial: int,
+        taken: dict[str, FileStat],
     ) -> tuple[PartEntry, list[str]]:
         """Stream one part into the staging folder; its final name comes in :meth:`_publish_parts`."""
         name = self._part_name(old, serial)
@@ -263,9 +274,9 @@ class PackedSync:
                     import zstandard
 
                     with zstandard.ZstdCompressor(level=3).stream_writer(sink, closefd=False) as zw:
-                        changed = write_part(pieces, self.src, zw, digests, self._count, self.opt.tolerant)  # type: ignore[arg-type]
+                        changed = write_part(pieces, self.src, zw, digests, self._count, self.opt.tolerant, taken)  # type: ignore[arg-type]
                 else:
-                    changed = write_part(pieces, self.src, sink, digests, self._count, self.opt.tolerant)  # type: ignore[arg-type]
+                    changed = write_part(pieces, self.src, sink, digests, self._count, self.opt.tolerant, taken)  # type: ignore[arg-type]
                 proc.stdin.close()
             except BrokenPipeError:
                 raise proc.error(proc.wait(self.ctx.cancel) or 1) from None
@@ -280,7 +291,8 @@ class PackedSync:
                 changed,
             )
         self.ctx.job.add(done_files=len(pieces))
-        return PartEntry(name, sink.count, sink.md5.hexdigest(), len(pieces), sum(p.length for p in pieces)), changed
+        data = sum(taken[p.file.path].size if p.whole and p.file.path in taken else p.length for p in pieces)
+        return PartEntry(name, sink.count, sink.md5.hexdigest(), len(pieces), data), changed
 
     def _publish_parts(self, staging: str, parts: list[PartEntry]) -> None:
         """Verify every staged part with one listing (sizes always, MD5 where the remote keeps it),

@@ -20,7 +20,13 @@ from .persist import Persister
 from .status import DONE, FAILED, RUNNING, Row, StatusBoard, age
 
 ARROWS = {"down": "\u2193", "up": "\u2191"}
-_COLORS = {"synced": "#1e8e3e", "idle": "#5f6368", "syncing": "#1a73e8", "pending changes": "#e37400", "error": "#d93025"}
+_COLORS = {
+    "synced": "#1e8e3e",
+    "idle": "#5f6368",
+    "syncing": "#1a73e8",
+    "pending changes": "#e37400",
+    "error": "#d93025",
+}
 
 
 def _size(n: float) -> str:

@@ -206,7 +206,9 @@ class Persister:
         if not os.path.isdir(self.local):
             return 0, 0
         known = {f.path: f.stat_key() for f in self._manifest.files} if self._manifest else {}
-        changed = [f for f in localtree.scan(self.local).files if known.get(f.path) != (f.path, f.size, f.mtime_ns, f.mode)]
+        changed = [
+            f for f in localtree.scan(self.local).files if known.get(f.path) != (f.path, f.size, f.mtime_ns, f.mode)
+        ]
         return len(changed), sum(f.size for f in changed)
 
     def status(self) -> PersistStatus:
@@ -252,6 +254,7 @@ class Persister:
             waiting = self._drain_waiting()
             if not waiting and (now < next_sync or self._paused):
                 continue
+            started = time.monotonic()
             try:
                 outcome = self.sync()
             except Exception as exc:  # recorded in the status; the next interval tries again
@@ -260,7 +263,7 @@ class Persister:
             else:
                 for future in waiting:
                     future.set_result(outcome)
-            next_sync = time.monotonic() + self.every
+            next_sync = started + self.every  # "every 10s": syncs start 10 s apart
 
     def _drain_waiting(self) -> list[Future]:
         with self._state_lock:

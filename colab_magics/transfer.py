@@ -203,11 +203,11 @@ class Result:
     def summary(self) -> str:
         size = humanize.naturalsize(self.bytes, binary=True)
         if self.up_to_date:
-            line = f"{self.dest} is already up to date with {self.source} ({self.files:,} files, {size})"
+            line = f"{self.dest} is already up to date with {self.source} ({self.files:,} {_files(self.files)}, {size})"
         else:
             moved = self.bytes if self.moved_bytes is None else self.moved_bytes
             rate = humanize.naturalsize(moved / max(self.seconds, 1e-3), binary=True)
-            what = f"{self.files:,} files ({size})"
+            what = f"{self.files:,} {_files(self.files)} ({size})"
             if self.moved_files is not None and self.moved_files != self.files:
                 what = f"{self.moved_files:,} changed of {self.files:,} files ({humanize.naturalsize(moved, binary=True)} of {size})"
             line = (
@@ -236,6 +236,10 @@ def verify_upload(ctx: Context, remote: str, size: int, md5: str | None) -> None
     remote_md5 = (got.get("Hashes") or {}).get("md5")
     if md5 and remote_md5 and remote_md5 != md5:
         raise VerificationError(f"{remote}: the uploaded bytes do not match their MD5; push again")
+
+
+def _files(n: int) -> str:
+    return "file" if n == 1 else "files"
 
 
 def state_dir() -> Path:

@@ -140,38 +140,62 @@ def test_expired_lock_of_a_dead_kernel_does_not_block(tmp_path):
     p.stop()
 
 
-def test_file_still_being_written_keeps_previous_version(tmp_path):
+def _appending(path, stop, block=2048):
+    with open(path, "ab") as fh:
+        while not stop.is_set():
+            fh.write(os.urandom(block))
+            fh.flush()
+            time.sleep(0.001)
+
+
+def test_file_changing_while_read_keeps_previous_version(tmp_path):
     local = tmp_path / "out"
     local.mkdir()
-    log = local / "train.log"
-    log.write_bytes(b"first version\n")
+    big = local / "growing.bin"
+    first = os.urandom(48 << 20)
+    big.write_bytes(first)
     p = Persister(local, every=3600, settle=0.0)
     p.start()
     p.sync()
     stop = threading.Event()
-
-    def append():
-        with open(log, "ab") as fh:
-            while not stop.is_set():
-                fh.write(os.urandom(2048))
-                fh.flush()
-                time.sleep(0.001)
-
-    writer = threading.Thread(target=append)
+    writer = threading.Thread(target=_appending, args=(big, stop, 256 << 10))
     writer.start()
     try:
         time.sleep(0.05)
-        outcome = p.sync()  # tolerant: no error, the torn file is left for later
+        outcome = p.sync()  # tolerant: no error; the file changed while read is left for later
     finally:
         stop.set()
         writer.join()
-    assert "train.log" in outcome.deferred
+    assert "growing.bin" in outcome.deferred
     cm.stage(str(tmp_path / "default-remote" / "out"), tmp_path / "check")
-    assert (tmp_path / "check" / "train.log").read_bytes() == b"first version\n"
+    assert (tmp_path / "check" / "growing.bin").read_bytes() == first  # the previous complete version
     final = p.stop()
     assert final.deferred == []
     cm.stage(str(tmp_path / "default-remote" / "out"), tmp_path / "check")
-    assert (tmp_path / "check" / "train.log").read_bytes() == log.read_bytes()
+    assert (tmp_path / "check" / "growing.bin").read_bytes() == big.read_bytes()
+
+
+def test_a_log_appended_every_millisecond_is_still_synced(tmp_path):
+    local = tmp_path / "out"
+    local.mkdir()
+    log = local / "train.log"
+    log.write_bytes(b"start\n")
+    p = Persister(local, every=3600, settle=0.0)
+    p.start()
+    stop = threading.Event()
+    writer = threading.Thread(target=_appending, args=(log, stop))
+    writer.start()
+    try:
+        time.sleep(0.05)
+        synced = [p.sync() for _ in range(3)]
+    finally:
+        stop.set()
+        writer.join()
+        p.stop(final=False)
+    assert any("train.log" not in o.deferred for o in synced)  # taken as it was when opened
+    cm.stage(str(tmp_path / "default-remote" / "out"), tmp_path / "check")
+    remote_log = (tmp_path / "check" / "train.log").read_bytes()
+    assert len(remote_log) > 6 and log.read_bytes().startswith(remote_log)  # a true earlier state
 
 
 @pytest.mark.parametrize(
