@@ -235,6 +235,9 @@ class ColabMagics(Magics):
                 raise
             print(f"colab_magics: final sync failed: {exc}", file=sys.stderr)
             return
+        self.board.set_pending(persister.name, *persister.pending())  # it is gone from the refresh list
+        if self._panel is not None:
+            self._panel.refresh()
         result = outcome.result  # type: ignore[attr-defined]
         when = time.strftime("%H:%M:%S")
         pending = outcome.deferred  # type: ignore[attr-defined]

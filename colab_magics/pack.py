@@ -124,10 +124,10 @@ def write_part(
 ) -> list[str]:
     """Stream ``pieces`` as one tar into ``sink``; returns the paths that changed while being read.
 
-    Each whole file is snapshotted when it is opened: its ``fstat`` then is what goes into the
-    part (and into ``taken``), so a log that grew since the folder was scanned is taken as it
-    is at that moment; it counts as changed only if it changes while being read, or grew too
-    much to fit.  Pieces of split files must match the scan.  ``digests`` carries each file's
+    A file counts as changed if it changes while it is read, or differs from the scan when it
+    is opened.  With ``tolerant`` (persist), a whole file that only grew a little since the
+    scan, as a log does, is taken as it is when opened: that ``fstat`` goes into the part and
+    into ``taken``.  A file that shrank (a rewrite in progress) is always left out.  ``digests`` carries each file's
     SHA-256 across parts.  A file that vanished is skipped when ``tolerant``, else it is a
     :class:`SourceChanged`.
     """
@@ -146,9 +146,8 @@ def write_part(
         with fh:
             st0 = os.fstat(fh.fileno())
             now = FileStat(f.path, st0.st_size, f.mode, st0.st_mtime_ns)
-            if (now.size, now.mtime_ns) != (f.size, f.mtime_ns) and (
-                not piece.whole or now.size > f.size + GROWTH_SLACK
-            ):
+            grew = tolerant and piece.whole and f.size <= now.size <= f.size + GROWTH_SLACK
+            if (now.size, now.mtime_ns) != (f.size, f.mtime_ns) and not grew:
                 changed.append(f.path)  # rewritten since the scan: left for the next sync, nothing sent
                 continue
             length = now.size if piece.whole else piece.length

@@ -9,6 +9,7 @@ drops widget updates made from threads (googlecolab/colabtools#3373).
 from __future__ import annotations
 
 import html
+import re
 import threading
 import time
 from concurrent.futures import Future
@@ -27,6 +28,9 @@ _COLORS = {
     "pending changes": "#e37400",
     "error": "#d93025",
 }
+
+
+_WHERE = re.compile(r" from .+? to .+? in ")
 
 
 def _size(n: float) -> str:
@@ -53,7 +57,7 @@ def describe(row: Row, now: float | None = None) -> str:
         if p.total_files:
             bits.append(f"{p.done_files:,}/{p.total_files:,} files")
     elif row.state == DONE and row.summary:
-        bits.append(row.summary)
+        bits.append(_WHERE.sub(" in ", row.summary, count=1))  # the row already says which job
     bits.append(f"last success {_ago(age(row.last_success, now))}")
     if row.pending_files:
         bits.append(f"pending {row.pending_files:,} file(s), {_size(row.pending_bytes)}")
@@ -212,7 +216,7 @@ class Panel:
     def _new_row(self) -> dict:
         w = self._w
         parts = {
-            "name": w.HTML().add_class("cm-name"),
+            "name": w.HTML(layout=w.Layout(min_width="14em")).add_class("cm-name"),
             "bar": w.FloatProgress(min=0.0, max=1.0).add_class("cm-bar"),
             "detail": w.HTML().add_class("cm-detail"),
             "error": w.HTML().add_class("cm-error"),
