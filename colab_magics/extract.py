@@ -24,7 +24,7 @@ from typing import IO, Callable
 from .errors import ColabMagicsError, UnsafeArchive
 
 CHUNK = 1 << 20
-_DISK_MARGIN = 64 << 20
+_DISK_MARGIN = 64 << 20  # kept free (at most 5% of a small disk)
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -83,13 +83,14 @@ class Extractor:
         if size <= self._budget:
             self._budget -= size
             return
-        free = shutil.disk_usage(self.root).free
-        if size + _DISK_MARGIN > free:
+        usage = shutil.disk_usage(self.root)
+        free, margin = usage.free, min(_DISK_MARGIN, usage.total // 20)
+        if size + margin > free:
             raise DiskFull(
                 f"not enough disk space in {self.root.parent}: an entry needs {size:,} bytes, "
                 f"{free:,} are free; free some space or stage to a larger disk"
             )
-        self._budget = (free - _DISK_MARGIN - size) // 4  # parallel writers share the disk
+        self._budget = (free - margin - size) // 4  # parallel writers share the disk
 
     def write_file(
         self,

@@ -145,22 +145,36 @@ def write_part(
             continue
         with fh:
             st0 = os.fstat(fh.fileno())
+            if piece.whole and st0.st_size <= CHUNK:  # small: read whole, retried until stable
+                small = _stable_read(fh, st0, tries=3 if tolerant else 1)
+                if small is None or not _acceptable(f, small[1], tolerant):
+                    changed.append(f.path)  # nothing sent: left for the next sync
+                    continue
+                data, st = small
+                now = FileStat(f.path, st.st_size, f.mode, st.st_mtime_ns)
+                out.write(_tar_header(f.path, now))
+                digests.setdefault(f.path, hashlib.sha256()).update(data)
+                out.write(data)
+                out.write(bytes(-len(data) % BLOCK))
+                if taken is not None:
+                    taken[f.path] = now
+                if on_bytes is not None:
+                    on_bytes(len(data))
+                continue
             now = FileStat(f.path, st0.st_size, f.mode, st0.st_mtime_ns)
-            grew = tolerant and piece.whole and f.size <= now.size <= f.size + GROWTH_SLACK
-            if (now.size, now.mtime_ns) != (f.size, f.mtime_ns) and not grew:
+            if not _acceptable(f, st0, tolerant and piece.whole):
                 changed.append(f.path)  # rewritten since the scan: left for the next sync, nothing sent
                 continue
             length = now.size if piece.whole else piece.length
-            info = tarfile.TarInfo(f.path)
-            info.size = length
-            info.mode = f.mode
-            info.mtime = now.mtime_ns // 10**9
-            out.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+            out.write(_tar_header(f.path, FileStat(f.path, length, f.mode, now.mtime_ns)))
             reader = _Slice(fh, length, digests.setdefault(f.path, hashlib.sha256()))
             fh.seek(piece.offset)
+            st = st0
             while reader.left:
-                out.write(reader.read(CHUNK))
-            st = os.fstat(fh.fileno())
+                data = reader.read(CHUNK)
+                if not reader.left:  # before the (possibly blocking) write: the read is what must be stable
+                    st = os.fstat(fh.fileno())
+                out.write(data)
         out.write(bytes(-length % BLOCK))
         if reader.short or (st.st_size, st.st_mtime_ns) != (now.size, now.mtime_ns):
             changed.append(f.path)
@@ -172,6 +186,33 @@ def write_part(
     out.write(bytes(-out.count % tarfile.RECORDSIZE))
     out.flush()
     return changed
+
+
+def _tar_header(path: str, st: FileStat) -> bytes:
+    info = tarfile.TarInfo(path)
+    info.size = st.size
+    info.mode = st.mode
+    info.mtime = st.mtime_ns // 10**9
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _acceptable(planned: FileStat, st: os.stat_result, grown_ok: bool) -> bool:
+    """Unchanged since the scan, or (persist) only grown a little, as a log does."""
+    if (st.st_size, st.st_mtime_ns) == (planned.size, planned.mtime_ns):
+        return True
+    return grown_ok and planned.size <= st.st_size <= planned.size + GROWTH_SLACK
+
+
+def _stable_read(fh: IO[bytes], st0: os.stat_result, tries: int) -> tuple[bytes, os.stat_result] | None:
+    """The whole content of a small open file, read while its ``fstat`` did not move."""
+    for _ in range(tries):
+        fh.seek(0)
+        data = fh.read(st0.st_size + 1)
+        st1 = os.fstat(fh.fileno())
+        if len(data) == st0.st_size and (st1.st_size, st1.st_mtime_ns) == (st0.st_size, st0.st_mtime_ns):
+            return data, st1
+        st0 = st1
+    return None
 
 
 class _Batch:

@@ -1,0 +1,141 @@
+"""Faults: the remote dies mid-transfer, Ctrl-C, a full disk. Each case asserts the clear outcome
+and that nothing was lost: the remote keeps its previous complete version, dest its content."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from servers import Server
+from trees import make_tree, snapshot
+
+import colab_magics as cm
+from colab_magics import errors, runner
+from colab_magics.persist import Persister
+
+pytestmark = pytest.mark.reliability
+
+# give up fast on a dead server instead of rclone's default minutes of retries
+FAST_FAIL = ["--retries", "1", "--low-level-retries", "1", "--contimeout", "2s", "--timeout", "5s"]
+
+
+@pytest.fixture
+def dav(tmp_path, monkeypatch):
+    server = Server("webdav", tmp_path / "dav").start()
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    yield server
+    server.stop()
+
+
+def _kill_soon(server: Server, after: float) -> threading.Timer:
+    timer = threading.Timer(after, server.kill)
+    timer.start()
+    return timer
+
+
+def _no_leftovers(folder: Path) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if ".cm-tmp" in p.name or ".cm-upload" in p.name]
+
+
+def test_server_killed_mid_push_keeps_previous_version(dav, tmp_path):
+    v1 = make_tree(tmp_path / "v1", small=20, odd=False)
+    cm.push(v1, f"{dav.name}:ds", pack=True, part_size=1 << 20)
+    v2 = make_tree(tmp_path / "v2", small=20, big=6 << 20, odd=False)
+    slow = runner.Rclone(flags=["--bwlimit", "2M", *FAST_FAIL])
+    _kill_soon(dav, 0.8)
+    with pytest.raises(errors.ColabMagicsError):
+        cm.push(v2, f"{dav.name}:ds", pack=True, part_size=1 << 20, rclone=slow)
+    assert not runner._live
+    dav.start()  # the server comes back
+    cm.stage(f"{dav.name}:ds", tmp_path / "check")
+    assert snapshot(tmp_path / "check") == snapshot(v1)  # the previous complete version
+    cm.push(v2, f"{dav.name}:ds", pack=True, part_size=1 << 20)  # the next try succeeds
+    cm.stage(f"{dav.name}:ds", tmp_path / "check")
+    assert snapshot(tmp_path / "check") == snapshot(v2)
+
+
+def test_server_killed_mid_stage_keeps_dest_then_resumes(dav, tmp_path):
+    v1 = make_tree(tmp_path / "v1", small=5, odd=False)
+    cm.push(v1, f"{dav.name}:old", pack=True)
+    cm.stage(f"{dav.name}:old", tmp_path / "dest")
+    big = make_tree(tmp_path / "big", small=5, big=8 << 20, odd=False)
+    cm.push(big, f"{dav.name}:new", pack=True, part_size=1 << 20)
+    slow = runner.Rclone(flags=["--bwlimit", "2M", *FAST_FAIL])
+    _kill_soon(dav, 1.0)
+    with pytest.raises(errors.ColabMagicsError):
+        cm.stage(f"{dav.name}:new", tmp_path / "dest", force=True, rclone=slow, workers=1)
+    assert snapshot(tmp_path / "dest") == snapshot(v1)  # dest shows its previous content
+    assert not runner._live
+    dav.start()
+    result = cm.stage(f"{dav.name}:new", tmp_path / "dest", force=True, workers=1)
+    assert result.reused_parts >= 1  # parts finished before the failure were not fetched again
+    assert snapshot(tmp_path / "dest") == snapshot(big)
+
+
+def test_server_killed_during_a_persist_sync(dav, tmp_path):
+    local = tmp_path / "outputs"
+    local.mkdir()
+    (local / "epoch-1.txt").write_text("one")
+    p = Persister(local, f"{dav.name}:run", every=3600, rclone=runner.Rclone(flags=FAST_FAIL))
+    p.start()
+    try:
+        p.trigger().result(timeout=60)
+        (local / "epoch-2.bin").write_bytes(os.urandom(4 << 20))
+        p.rclone = runner.Rclone(flags=["--bwlimit", "2M", *FAST_FAIL])
+        _kill_soon(dav, 0.5)
+        with pytest.raises(errors.ColabMagicsError):
+            p.trigger().result(timeout=120)
+        assert p.status().state == "error" and p.status().last_error
+        dav.start()
+        cm.stage(f"{dav.name}:run", tmp_path / "check")
+        assert {f.name for f in (tmp_path / "check").iterdir()} == {"epoch-1.txt"}  # previous version intact
+        p.rclone = runner.Rclone(flags=FAST_FAIL)
+        p.trigger().result(timeout=60)  # the next sync succeeds
+    finally:
+        p.stop()
+    cm.stage(f"{dav.name}:run", tmp_path / "check", force=True)
+    assert snapshot(tmp_path / "check") == snapshot(local)
+
+
+def test_ctrl_c_during_a_cli_push_leaves_nothing_behind(tmp_path):
+    src = make_tree(tmp_path / "src", small=5, big=20 << 20, odd=False)
+    remote = tmp_path / "remote"
+    env = dict(os.environ, COLAB_MAGICS_RCLONE_FLAGS="--bwlimit 2M", COLAB_MAGICS_REMOTE=str(remote))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "colab_magics.cli", "push", str(src), "--pack"],
+        stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )  # fmt: skip
+    time.sleep(2.0)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "cancelled" in err and "Traceback" not in err
+    left = subprocess.run(["pgrep", "-f", str(remote)], capture_output=True, text=True).stdout
+    assert not left.strip()  # no rclone child still running
+    assert not (remote / "src" / "manifest.json").exists()
+    assert not [p for p in remote.rglob("*") if p.is_file()]  # no temporary or partial upload
+
+
+def test_disk_full_during_stage_is_a_clear_error(tmp_path):
+    small_disk = tmp_path / "small-disk"
+    small_disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(small_disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        old = make_tree(tmp_path / "old", small=3, odd=False)
+        cm.push(old, "old", pack=True)
+        cm.stage("old", small_disk / "dest")
+        big = make_tree(tmp_path / "big", small=3, big=40 << 20, odd=False)
+        cm.push(big, "big", pack=True)
+        with pytest.raises(errors.ColabMagicsError, match="disk"):
+            cm.stage("big", small_disk / "dest", force=True)
+        assert snapshot(small_disk / "dest") == snapshot(old)
+    finally:
+        subprocess.run(["umount", str(small_disk)], capture_output=True)
