@@ -35,7 +35,7 @@ class Progress:
 
 @dataclass(frozen=True)
 class Event:
-    """One report of a job: ``kind`` is started, progress, message, finished or failed."""
+    """One report of a job: ``kind`` is started, progress, finished or failed."""
 
     job_id: int
     name: str
@@ -227,9 +227,6 @@ class Job:
             self._done_bytes += done_bytes
             self._done_files += done_files
         self._maybe_publish(force=False)
-
-    def message(self, text: str) -> None:
-        self._publish("message", text)
 
     def finish(self, summary: str) -> None:
         self._maybe_publish(force=True)

@@ -14,7 +14,6 @@ reading it back.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -141,9 +140,6 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{where}: manifest.json is malformed ({exc!r}); re-push the dataset") from exc
-
-    def digest(self) -> str:
-        return hashlib.sha256(self.to_json()).hexdigest()
 
 
 def _choice(value: object, allowed: tuple[str, ...]) -> str:

@@ -59,8 +59,6 @@ class SyncOutcome:
     result: Result
     manifest: Manifest
     deferred: list[str] = field(default_factory=list)  # changed while read: previous version kept, next sync retries
-    uploaded_files: int = 0
-    uploaded_bytes: int = 0
 
 
 class PackedSync:
@@ -169,7 +167,7 @@ class PackedSync:
         moved = sum(taken[p].size for p in to_upload if p in taken and p not in torn)
         result = self._result(final, moved_files=len([p for p in to_upload if p not in torn]), moved_bytes=moved)
         result.reused_parts = len(manifest.parts) - len(new_parts)
-        return SyncOutcome(result, manifest, sorted(torn), result.moved_files or 0, moved)
+        return SyncOutcome(result, manifest, sorted(torn))
 
     @staticmethod
     def _served_from_old(old: Manifest | None, old_files: dict, live: set[str], must_keep: set[str]) -> set[str]:

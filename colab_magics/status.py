@@ -49,7 +49,7 @@ class StatusBoard:
     def _on_event(self, event: Event) -> None:
         with self._lock:
             row = self._rows.get(event.name) or Row(event.name, event.direction, RUNNING, Progress(), event.at)
-            if event.kind in ("started", "progress", "message"):
+            if event.kind in ("started", "progress"):
                 row = replace(row, state=RUNNING, progress=event.progress, updated=event.at)
             elif event.kind == "finished":
                 row = replace(

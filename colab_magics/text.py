@@ -48,8 +48,6 @@ class ProgressPrinter:
                     return
                 self._last = now
                 self._emit(progress_line(event.name, event.progress))
-            elif event.kind == "message":
-                self._emit(f"{event.name}: {event.message}", final=True)
             elif self.tty and self._width:
                 self.stream.write("\r" + " " * self._width + "\r")
                 self._width = 0
