@@ -218,21 +218,28 @@ class RcloneProcess:
                     break
                 except subprocess.TimeoutExpired:
                     continue
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
+        self._close_pipes(self.proc.stdin, self.proc.stdout)
         self._reader.join(2)
         self._forget()
 
     def _forget(self) -> None:
+        """Drop the child from the live set and close its descriptors now, not at garbage collection."""
         with _live_lock:
             _live.discard(self)
             if self._pidfd is not None:
                 os.close(self._pidfd)
                 self._pidfd = None
+        if not self._reader.is_alive():
+            self._close_pipes(self.proc.stderr)
+
+    @staticmethod
+    def _close_pipes(*pipes: IO[bytes] | None) -> None:
+        for pipe in pipes:
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
 
     def __enter__(self) -> "RcloneProcess":
         return self
@@ -242,6 +249,7 @@ class RcloneProcess:
             self.stop()
         else:
             self._forget()
+        self._close_pipes(self.proc.stdin, self.proc.stdout)
 
 
 class Rclone:

@@ -29,6 +29,8 @@ def free_port() -> int:
 class Server:
     """One ``rclone serve`` child on 127.0.0.1, stoppable, killable and restartable."""
 
+    live_pids: set[int] = set()  # every server running now: test infrastructure, not a leak
+
     def __init__(self, kind: str, folder: Path, name: str | None = None, extra: list[str] | None = None) -> None:
         assert kind in ("s3", "webdav")
         self.kind = kind
@@ -61,6 +63,7 @@ class Server:
         env = dict(os.environ, RCLONE_CONFIG="/dev/null")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv + self.extra, stdout=log, stderr=log, env=env, start_new_session=True)
+        Server.live_pids.add(self.proc.pid)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -77,6 +80,8 @@ class Server:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        if self.proc:
+            Server.live_pids.discard(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -85,4 +90,5 @@ class Server:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+            Server.live_pids.discard(self.proc.pid)
         self.proc = None

@@ -1,0 +1,155 @@
+"""The reliability suite's ledger: faults survived, bad inputs tried, data lost, leaks found.
+
+Every number in the closing summary is measured, not declared:
+- a fault counts as survived only when its test passed (``@pytest.mark.fault("what")``);
+- each bad input counts once per passing parametrised case (``@pytest.mark.bad_input``);
+- lost files and bytes come from comparing what must be on a side with what is there
+  (the ``no_loss`` fixture), and the test fails on any loss;
+- leaks come from an autouse check of threads, child processes and file descriptors
+  before and after every test, and the test fails on any leak.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from servers import Server
+
+
+@dataclass
+class Ledger:
+    faults: list[str] = field(default_factory=list)
+    bad_inputs: int = 0
+    compared_files: int = 0
+    lost_files: int = 0
+    lost_bytes: int = 0
+    leaks: list[str] = field(default_factory=list)
+
+
+LEDGER = Ledger()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fault(what): a fault the test injects; counted as survived when it passes")
+    config.addinivalue_line("markers", "bad_input: each passing case counts as one hostile input tried")
+
+
+def pytest_collection_modifyitems(items):
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.reliability)
+
+
+def pytest_runtest_logreport(report):
+    if report.when != "call" or not report.passed:
+        return
+    for name, *args in getattr(report, "cm_marks", []):
+        if name == "fault":
+            LEDGER.faults.append(args[0])
+        elif name == "bad_input":
+            LEDGER.bad_inputs += 1
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    report.cm_marks = [(m.name, *m.args) for m in item.iter_markers() if m.name in ("fault", "bad_input")]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not (LEDGER.faults or LEDGER.bad_inputs or LEDGER.compared_files):
+        return
+    tr = terminalreporter
+    tr.section("colab_magics reliability")
+    tr.line(f"faults survived:   {len(LEDGER.faults)} ({', '.join(sorted(set(LEDGER.faults)))})")
+    tr.line(f"bad inputs tried:  {LEDGER.bad_inputs}")
+    tr.line(f"files checked:     {LEDGER.compared_files}")
+    tr.line(f"lost:              {LEDGER.lost_files} files, {LEDGER.lost_bytes} bytes")
+    tr.line(f"leaks found:       {len(LEDGER.leaks)}" + (f" ({'; '.join(LEDGER.leaks)})" if LEDGER.leaks else ""))
+
+
+class NoLoss:
+    """Compares two :func:`trees.snapshot` results; every missing or different entry is a loss."""
+
+    def __call__(self, expected: dict, actual: dict, where: str = "") -> None:
+        lost = {k: v for k, v in expected.items() if actual.get(k) != v}
+        LEDGER.compared_files += len(expected)
+        LEDGER.lost_files += len(lost)
+        LEDGER.lost_bytes += sum(len(v[1]) for v in lost.values() if v[0] == "file")
+        extra = sorted(set(actual) - set(expected))
+        assert not lost and not extra, f"{where}: lost or changed {sorted(lost)[:5]}, unexpected {extra[:5]}"
+
+
+@pytest.fixture
+def no_loss() -> NoLoss:
+    return NoLoss()
+
+
+# -- leaks -------------------------------------------------------------------------------------
+def _children() -> set[tuple[int, str]]:
+    """Live descendants of this process (not zombies), minus the test servers."""
+    by_parent: dict[int, list[tuple[int, str]]] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")[:120]
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            by_parent.setdefault(int(fields[1]), []).append((int(pid), cmd))
+    out, todo = set(), [os.getpid()]
+    while todo:
+        for child in by_parent.get(todo.pop(), []):
+            if child[0] not in Server.live_pids:
+                out.add(child)
+                todo.append(child[0])
+    return out
+
+
+def _fds() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.add(f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}")
+        except OSError:
+            pass
+    return out
+
+
+def _state() -> tuple[set[str], set[tuple[int, str]], set[str]]:
+    threads = {f"{t.name}" for t in threading.enumerate() if t.is_alive()}
+    return threads, _children(), _fds()
+
+
+# created once on first use and kept for the life of the process, by design
+_LONG_LIVED = ("colab_magics-events",)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(request):
+    before = _state()
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        threads, children, fds = _state()
+        new_threads = sorted(threads - before[0] - set(_LONG_LIVED))
+        new_children = sorted(children - before[1])
+        new_fds = sorted(fds - before[2])
+        if not (new_threads or new_children or new_fds) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    found = [f"thread {t}" for t in new_threads] + [f"process {c[1]}" for c in new_children]
+    found += [f"fd {f}" for f in new_fds]
+    if found:
+        LEDGER.leaks.append(f"{request.node.name}: {', '.join(found)}")
+        pytest.fail(f"leaked: {found}")
