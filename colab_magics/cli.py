@@ -67,11 +67,9 @@ def _persist(args: argparse.Namespace) -> int:
     if not command:
         raise ColabMagicsError("give the command to run after --, e.g. colab-magics persist outputs -- python train.py")
     persister = Persister(args.dir, args.dest, every=args.every, mirror=args.mirror)
-    if not args.no_restore:
-        restored = persister.restore()
-        if restored is not None:
-            print(f"colab-magics: restored: {restored.summary()}", file=sys.stderr)
-    persister.start(steal_lock=args.steal_lock)
+    restored = persister.start(steal_lock=args.steal_lock, restore=not args.no_restore)
+    if restored is not None:
+        print(f"colab-magics: restored: {restored.summary()}", file=sys.stderr)
     child: subprocess.Popen | None = None
     previous = signal.getsignal(signal.SIGTERM)
     try:

@@ -65,5 +65,9 @@ class LockHeld(ColabMagicsError):
     """Another kernel is persisting to the same destination."""
 
 
+class LockLost(LockHeld):
+    """Another kernel took over the destination while this one was persisting to it."""
+
+
 class BadInput(ColabMagicsError):
     """An argument cannot work as given (wrong kind of path, destination inside source, ...)."""

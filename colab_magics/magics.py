@@ -207,11 +207,9 @@ class ColabMagics(Magics):
             )
             self._persisters.add(persister)  # the panel's buttons reach it from now on
             try:
-                if not args.no_restore:
-                    restored = persister.restore()
-                    if restored is not None:
-                        print(f"restored: {restored.summary()}")
-                persister.start(steal_lock=args.steal_lock)
+                restored = persister.start(steal_lock=args.steal_lock, restore=not args.no_restore)
+                if restored is not None:
+                    print(f"restored: {restored.summary()}")
             except BaseException:
                 self._persisters.discard(persister)
                 raise

@@ -19,6 +19,7 @@ from collections import Counter
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -120,7 +121,10 @@ class PackedSync:
             tree = self.scan()
         return tree
 
-    def run(self, old: Manifest | None = None, *, fetch_old: bool = True) -> SyncOutcome:
+    def run(
+        self, old: Manifest | None = None, *, fetch_old: bool = True, before_commit: Callable[[], None] | None = None
+    ) -> SyncOutcome:
+        """Upload what changed; ``before_commit`` may veto (raise) just before the manifest is replaced."""
         tree = self.settled_scan()
         if fetch_old:
             old = self.load_old()
@@ -157,6 +161,8 @@ class PackedSync:
             manifest, final = self._build(tree, old, old_files, served, new_parts, torn, digests, taken)
             if old is not None and not new_parts and manifest.to_json() == old.to_json():
                 return SyncOutcome(self._result(final, up_to_date=True), old, sorted(torn))
+            if before_commit is not None:
+                before_commit()
             self._put_manifest(manifest)
         except BaseException:
             quietly(self.ctx.rc, "purge", staging)

@@ -2,7 +2,9 @@
 
 A :class:`Persister` owns one background thread that wakes on a stop event (never a bare
 sleep) to sync every ``every`` seconds, on :meth:`trigger`, and to refresh a lock on the
-remote that stops a second writer.  Each sync is an incremental packed upload
+remote that stops a second writer.  The lock's expiry is judged by wall clocks, which can
+be wrong or jump; so every commit also checks that the lock is still ours, and a kernel
+that was taken over stops syncing instead of overwriting the newer writer's manifest.  Each sync is an incremental packed upload
 (:mod:`.packsync`) with copy semantics by default, and tolerant of files still being
 written: those keep their previous remote version and go up at the next sync.  The remote
 therefore always holds a complete, verified version; a killed kernel loses at most one
@@ -11,6 +13,7 @@ interval.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import localtree, remotes
-from .errors import ColabMagicsError, LockHeld
+from .errors import ColabMagicsError, LockHeld, LockLost
 from .events import EventBus, Job
-from .manifest import DEFAULT_PART_SIZE, MANIFEST_NAME, Manifest
+from .manifest import DEFAULT_PART_SIZE, MANIFEST_NAME, FileEntry, Manifest
 from .packsync import LOCK_NAME, PackedSync, SyncOptions, SyncOutcome
 from .push import default_remote_dest
 from .runner import Rclone
 from .stage import stage
-from .transfer import Context, Result, quietly
+from .transfer import Context, Result, quietly, read_json, state_dir, write_json
 
 DEFAULT_EVERY = 300.0
 LOCK_TTL = 90.0  # a killed kernel's lock blocks a new writer for at most this long
@@ -72,7 +75,17 @@ class RemoteLock:
         if self._read(ctx).get("owner") != self.owner:
             raise LockHeld(f"another kernel took the lock on {self.path} at the same moment; try again")
 
-    def refresh(self) -> None:
+    def check(self, ctx: Context) -> None:
+        """Raise :class:`LockLost` when another kernel holds the lock now."""
+        owner = self._read(ctx).get("owner")
+        if owner not in (None, self.owner):
+            raise LockLost(
+                f"{self.path.rsplit('/', 1)[0]} was taken over by {owner}; this kernel stopped syncing to it "
+                "so as not to overwrite that kernel's work (local files are untouched)"
+            )
+
+    def refresh(self, ctx: Context) -> None:
+        self.check(ctx)
         self._write()
 
     def release(self, ctx: Context) -> None:
@@ -129,19 +142,26 @@ class Persister:
         self._paused = False
         self._waiting: list[Future] = []
         self._thread: threading.Thread | None = None
+        self._lost: LockLost | None = None
         self._status = PersistStatus(self.local, self.dest, "starting", None, "", [], 0, None)
+        key = hashlib.sha1(f"{self.local}\n{self.dest}".encode()).hexdigest()[:16]
+        self._journal_path = state_dir() / "persist" / f"{key}.json"
 
     # -- lifecycle --------------------------------------------------------------------------
     def restore(self) -> Result | None:
-        """Bring back the last sync if ``local`` is missing, or files that are missing or older locally."""
+        """Bring back the last sync if ``local`` is missing or empty; else files missing here, or changed
+        on the remote but not here since this machine last synced (see :func:`_stale`)."""
         ctx = self._context()
         raw = ctx.read_optional(remotes.join(self.dest, MANIFEST_NAME))
         if raw is None:
             return None
         manifest = Manifest.from_json(raw, self.dest)
         if not os.path.isdir(self.local) or not any(os.scandir(self.local)):
-            return stage(self.dest, self.local, force=True, rclone=self.rclone, events=self.events)
-        need = [f for f in manifest.files if _older(os.path.join(self.local, f.path), f.mtime_ns)]
+            result = stage(self.dest, self.local, force=True, rclone=self.rclone, events=self.events)
+            self._remember(manifest)
+            return result
+        journal = self._journal()
+        need = [f for f in manifest.files if _stale(os.path.join(self.local, f.path), f, journal.get(f.path))]
         if not need:
             return None
         tmp = Path(self.local).parent / f".{Path(self.local).name}.cm-restore"
@@ -154,14 +174,18 @@ class Persister:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         result.files, result.bytes = len(need), sum(f.size for f in need)
+        self._remember(manifest, replaced={f.path for f in need})
         return result
 
-    def start(self, steal_lock: bool = False) -> None:
-        """Take the lock on the destination and start the background sync."""
-        os.makedirs(self.local, exist_ok=True)
+    def start(self, steal_lock: bool = False, restore: bool = False) -> Result | None:
+        """Take the lock on the destination, then (``restore``) bring back what is missing here,
+        then start the background sync.  The lock comes first: a kernel that is refused leaves
+        its local folder untouched."""
         ctx = self._context()
         self.lock.acquire(ctx, steal=steal_lock)
         try:
+            restored = self.restore() if restore else None
+            os.makedirs(self.local, exist_ok=True)
             self._manifest = PackedSync(ctx, self.local, self.dest, self.options).load_old()
         except BaseException:
             self.lock.release(ctx)
@@ -169,6 +193,7 @@ class Persister:
         self._set(state="idle")
         self._thread = threading.Thread(target=self._loop, name=f"colab_magics-{self.name}", daemon=True)
         self._thread.start()
+        return restored
 
     def stop(self, final: bool = True, timeout: float = 30.0) -> SyncOutcome | None:
         """Stop the thread, then (``final``) sync once more in this thread and release the lock."""
@@ -223,12 +248,21 @@ class Persister:
             ctx = self._context()
             options = SyncOptions(**{**vars(self.options), "settle": self.settle if settle is None else settle})
             try:
-                outcome = PackedSync(ctx, self.local, self.dest, options).run(self._manifest, fetch_old=False)
+                if self._lost is not None:
+                    raise self._lost
+                try:
+                    outcome = PackedSync(ctx, self.local, self.dest, options).run(
+                        self._manifest, fetch_old=False, before_commit=lambda: self.lock.check(ctx)
+                    )
+                except LockLost as exc:
+                    self._lost = exc
+                    raise
             except BaseException as exc:
                 self._set(state="error", last_error=str(exc) or type(exc).__name__)
                 ctx.job.fail(str(exc) or type(exc).__name__)
                 raise
             self._manifest = outcome.manifest
+            self._remember(outcome.manifest)
             with self._state_lock:
                 s = self._status
                 s.state, s.last_error, s.pending = ("paused" if self._paused else "idle"), "", outcome.deferred
@@ -237,18 +271,24 @@ class Persister:
             return outcome
 
     def _loop(self) -> None:
+        beat = self.lock.ttl / 3
         next_sync = time.monotonic() + self.every
-        next_beat = time.monotonic() + self.lock.ttl / 3
+        next_beat = time.monotonic() + beat
         while not self._stop.is_set():
             self._wake.wait(max(0.0, min(next_sync, next_beat) - time.monotonic()))
             self._wake.clear()
             if self._stop.is_set():
                 break
             now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + self.lock.ttl / 3
+            # a deadline can never lie further ahead than one period, whatever a clock did
+            next_sync, next_beat = min(next_sync, now + self.every), min(next_beat, now + beat)
+            if now >= next_beat and self._lost is None:
+                next_beat = now + beat
                 try:
-                    self.lock.refresh()
+                    self.lock.refresh(self._context())
+                except LockLost as exc:
+                    self._lost = exc
+                    self._set(state="error", last_error=str(exc))
                 except ColabMagicsError as exc:
                     self._set(last_error=f"could not refresh the lock: {exc}")
             waiting = self._drain_waiting()
@@ -282,6 +322,19 @@ class Persister:
     def _context(self) -> Context:
         return Context(self.rclone, Job(self.name, "up", self.events), None)
 
+    # -- the journal: what this machine last saw on both sides, to tell who changed a file --
+    def _journal(self) -> dict[str, list[int]]:
+        data = read_json(self._journal_path)
+        files = data.get("files") if data.get("dest") == self.dest else None
+        return files if isinstance(files, dict) else {}
+
+    def _remember(self, manifest: Manifest, replaced: set[str] | None = None) -> None:
+        """Record each file's local state that equals its remote version (after a sync or restore)."""
+        files = {f.path: [f.size, f.mtime_ns] for f in manifest.files}
+        if replaced is not None:  # after a restore: keep the earlier record of files left alone
+            files = {**self._journal(), **{p: files[p] for p in replaced}}
+        write_json(self._journal_path, {"local": self.local, "dest": self.dest, "files": files})
+
 
 def _dead_here(lock: dict) -> bool:
     """A lock taken on this machine by a process that no longer exists (a killed kernel)."""
@@ -296,8 +349,22 @@ def _dead_here(lock: dict) -> bool:
     return False
 
 
-def _older(path: str, mtime_ns: int) -> bool:
+def _stale(path: str, remote: FileEntry, synced: list[int] | None) -> bool:
+    """Should the restore replace the local file at ``path`` with its remote version?
+
+    Missing: yes.  Equal to the remote: no.  Otherwise ``synced`` (this machine's record of
+    the file when it last matched the remote) tells who changed it: unchanged here means the
+    remote moved on (yes); changed here means newer local work (no), whatever the mtimes say,
+    since a clock that jumped back stamps new work with old times.  Without a record (a fresh
+    runtime), the newer modification time wins.
+    """
     try:
-        return os.stat(path).st_mtime_ns < mtime_ns
+        st = os.stat(path)
     except FileNotFoundError:
         return True
+    here = [st.st_size, st.st_mtime_ns]
+    if here == [remote.size, remote.mtime_ns]:
+        return False
+    if synced is not None:
+        return here == list(synced)
+    return st.st_mtime_ns < remote.mtime_ns

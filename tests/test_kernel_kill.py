@@ -17,6 +17,8 @@ import pytest
 jupyter_client = pytest.importorskip("jupyter_client", reason="jupyter_client is a test dependency")
 pytest.importorskip("ipykernel", reason="ipykernel is a test dependency")
 
+from kernels import kernel_env, run, start  # noqa: E402
+
 pytestmark = pytest.mark.kernel
 
 STEP_SECONDS = 0.1
@@ -52,33 +54,14 @@ print("RESUMED", resumed, inplace, log_steps[0], log_steps[-1], len(log_steps))
 """
 
 
-def _start(workdir, env):
-    km = jupyter_client.KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(workdir), env=env)
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
-    return km, kc
-
-
-def _run(kc, code, timeout=60):
-    out = []
-    reply = kc.execute_interactive(code, timeout=timeout, output_hook=lambda m: out.append(m))
-    text = "".join(m["content"].get("text", "") for m in out if m["msg_type"] == "stream")
-    errors = [m["content"] for m in out if m["msg_type"] == "error"]
-    assert reply["content"]["status"] == "ok", (errors, text)
-    return text
-
-
 def test_sigkill_mid_persist_then_fresh_kernel_restores(tmp_path):
     workdir = tmp_path / "work"
     workdir.mkdir()
     remote = tmp_path / "remote"
-    env = dict(os.environ, COLAB_MAGICS_REMOTE=str(remote), COLAB_MAGICS_STATE_DIR=str(tmp_path / "state"),
-               RCLONE_CONFIG="/dev/null")  # fmt: skip
-    km, kc = _start(workdir, env)
+    env = kernel_env(tmp_path, remote)
+    km, kc = start(workdir, env)
     try:
-        _run(kc, "%load_ext colab_magics")
+        run(kc, "%load_ext colab_magics")
         kc.execute(TRAIN)
         manifest = remote / "outputs" / "manifest.json"
         deadline = time.monotonic() + 60
@@ -96,10 +79,10 @@ def test_sigkill_mid_persist_then_fresh_kernel_restores(tmp_path):
         km.shutdown_kernel(now=True)
     os.system(f"rm -rf '{workdir / 'outputs'}'")  # the runtime's disk is gone too
 
-    km, kc = _start(workdir, env)
+    km, kc = start(workdir, env)
     try:
-        _run(kc, "%load_ext colab_magics")
-        text = _run(kc, RESUME)  # the dead kernel's lock is recognised as stale (same host, no such pid)
+        run(kc, "%load_ext colab_magics")
+        text = run(kc, RESUME)  # the dead kernel's lock is recognised as stale (same host, no such pid)
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

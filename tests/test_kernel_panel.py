@@ -7,7 +7,6 @@ the button's comm), while a ``%%persist`` cell is still running.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import time
 
@@ -16,6 +15,8 @@ import pytest
 jupyter_client = pytest.importorskip("jupyter_client", reason="jupyter_client is a test dependency")
 pytest.importorskip("ipykernel", reason="ipykernel is a test dependency")
 pytest.importorskip("ipywidgets")
+
+from kernels import kernel_env, running  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 
@@ -52,15 +53,7 @@ def test_sync_now_works_while_the_persist_cell_runs(tmp_path):
     workdir = tmp_path / "work"
     workdir.mkdir()
     remote = tmp_path / "remote"
-    env = dict(os.environ, COLAB_MAGICS_REMOTE=str(remote), COLAB_MAGICS_STATE_DIR=str(tmp_path / "state"),
-               RCLONE_CONFIG="/dev/null")  # fmt: skip
-    km = jupyter_client.KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(workdir), env=env)
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
-        kc.execute_interactive("%load_ext colab_magics", timeout=60)
+    with running(workdir, kernel_env(tmp_path, remote)) as (_, kc):
         kc.execute(CELL)
         buttons: dict[str, str] = {}
         views = []
@@ -91,6 +84,3 @@ def test_sync_now_works_while_the_persist_cell_runs(tmp_path):
         while reply["msg_type"] != "execute_reply":
             reply = kc.get_shell_msg(timeout=60)
         assert reply["content"]["status"] == "ok"
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
