@@ -58,18 +58,25 @@ class RemoteLock:
         return data if isinstance(data, dict) else {}
 
     def _write(self) -> None:
-        data = {"owner": self.owner, "host": self.host, "pid": os.getpid(), "expires": time.time() + self.ttl}
+        data = {
+            "owner": self.owner, "host": self.host, "pid": os.getpid(), "started": _started(os.getpid()),
+            "expires": time.time() + self.ttl,
+        }  # fmt: skip
         tmp = f"{self.path}.cm-tmp-{uuid.uuid4().hex[:8]}"
         self.rclone.run("rcat", tmp, input=json.dumps(data).encode())
         self.rclone.run("moveto", tmp, self.path)
 
     def acquire(self, ctx: Context, steal: bool = False) -> None:
+        """Take the lock unless another live writer holds it.  On this machine liveness is known
+        exactly (the process and its start time); across machines the expiry decides."""
         held = self._read(ctx)
         left = float(held.get("expires", 0)) - time.time()
-        if held.get("owner") not in (None, self.owner) and left > 0 and not steal and not _dead_here(held):
+        alive = _alive_here(held)
+        if held.get("owner") not in (None, self.owner) and not steal and (alive or (alive is None and left > 0)):
+            until = "while it runs on this machine" if alive else f"lock expires in {int(left) + 1}s"
             raise LockHeld(
-                f"{self.path.rsplit('/', 1)[0]} is being persisted by {held['owner']} (lock expires in "
-                f"{int(left) + 1}s); stop that persist first, wait, or take over with --steal-lock"
+                f"{self.path.rsplit('/', 1)[0]} is being persisted by {held['owner']} ({until}); "
+                "stop that persist first, wait, or take over with --steal-lock"
             )
         self._write()
         if self._read(ctx).get("owner") != self.owner:
@@ -336,17 +343,29 @@ class Persister:
         write_json(self._journal_path, {"local": self.local, "dest": self.dest, "files": files})
 
 
-def _dead_here(lock: dict) -> bool:
-    """A lock taken on this machine by a process that no longer exists (a killed kernel)."""
-    if lock.get("host") != socket.gethostname() or not isinstance(lock.get("pid"), int):
-        return False
+def _started(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot: with the pid, it names one process
+    for good (a pid can be reused; the pair cannot)."""
     try:
-        os.kill(lock["pid"], 0)
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive_here(lock: dict) -> bool | None:
+    """Is the lock's owner a live process on this machine?  None when it is on another machine."""
+    pid = lock.get("pid")
+    if lock.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:
+        pass
+    started = lock.get("started")
+    return started is None or _started(pid) in (None, started)
 
 
 def _stale(path: str, remote: FileEntry, synced: list[int] | None) -> bool:
