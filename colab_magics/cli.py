@@ -16,7 +16,7 @@ from . import __version__
 from .errors import ColabMagicsError
 from .events import bus
 from .manifest import DEFAULT_PART_SIZE
-from .persist import Persister
+from .persist import MIN_EVERY, Persister
 from .push import push
 from .stage import stage
 from .text import ProgressPrinter
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument("dir", help="local folder to keep safe")
     k.add_argument("--to", dest="dest", help="remote path (default: <remote root>/<basename of DIR>)")
-    k.add_argument("--every", default="5m", type=parse_duration, help="sync interval: 30s, 5m, 1h (default 5m)")
+    k.add_argument("--every", default="5m", type=lambda t: parse_duration(t, minimum=MIN_EVERY), help="sync interval: 30s, 5m, 1h (default 5m)")
     k.add_argument("--no-restore", action="store_true", help="do not bring back an earlier sync first")
     k.add_argument("--mirror", action="store_true", help="also delete on the remote what is deleted locally")
     k.add_argument("--steal-lock", action="store_true", help="take over from another writer")
@@ -110,8 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             _quiet_stop(unsubscribe)
             return status
         if args.command == "stage":
-            if args.workers < 1:
-                raise ColabMagicsError("--workers must be at least 1")
             result = stage(args.source, args.dest, force=args.force, workers=args.workers)
         else:
             result = push(args.source, args.dest, pack=args.pack, compress=args.compress, part_size=args.part_size)

@@ -22,7 +22,7 @@ from . import runner
 from .errors import ColabMagicsError
 from .events import bus
 from .manifest import DEFAULT_PART_SIZE
-from .persist import Persister
+from .persist import MIN_EVERY, Persister
 from .status import StatusBoard
 from .push import push
 from .stage import stage
@@ -155,8 +155,6 @@ class ColabMagics(Magics):
         """
         args: Any = self._parse(self.drive_stage, line)
         workers = self.workers if args.workers is None else args.workers
-        if workers < 1:
-            raise UsageError("--workers must be at least 1")
         result = self._call(lambda: stage(args.source, args.dest, force=args.force, workers=workers, root=self._root()))
         print(result.summary())  # type: ignore[attr-defined]
 
@@ -200,7 +198,7 @@ class ColabMagics(Magics):
         args: Any = self._parse(self.persist, line)
 
         def create() -> Persister:
-            every = parse_duration(args.every or self.sync_interval)
+            every = parse_duration(args.every or self.sync_interval, minimum=MIN_EVERY)
             part_size = parse_size(self.part_size or DEFAULT_PART_SIZE)
             persister = Persister(
                 args.dir, args.dest, every=every, mirror=args.mirror, part_size=part_size, root=self._root()

@@ -36,6 +36,7 @@ from .stage import stage
 from .transfer import Context, Result, quietly, read_json, state_dir, write_json
 
 DEFAULT_EVERY = 300.0
+MIN_EVERY = 1.0  # what the magics accept: every sync costs requests against the remote's quota
 LOCK_TTL = 90.0  # a killed kernel's lock blocks a new writer for at most this long
 
 

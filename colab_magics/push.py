@@ -14,8 +14,9 @@ import os
 import threading
 
 from . import localtree, remotes
-from .errors import BadInput, SourceChanged
+from .errors import BadInput, SourceChanged, VerificationError
 from .events import EventBus
+from .localtree import FileStat
 from .manifest import DEFAULT_PART_SIZE
 from .packsync import PackedSync, SyncOptions
 from .runner import Rclone
@@ -78,6 +79,18 @@ def _result(ctx: Context, src: str, dest: str, kind: str, files: int, size: int,
 
 
 # -- plain mode ------------------------------------------------------------------------------
+def _check_complete(ctx: Context, dest: str, planned: dict[str, FileStat], links: set[str], skip: set[str]) -> None:
+    """Every file meant to be there is at dest with its size: nothing dropped without a word."""
+    listing = ctx.rc.json("lsjson", "-R", "--files-only", dest)
+    there = {remotes.listed_name(e["Path"]): e["Size"] for e in listing or []}  # type: ignore[union-attr]
+    missing = [p for p, f in planned.items() if p not in skip and p not in links and there.get(p) != f.size]
+    if missing:
+        raise VerificationError(
+            f"{len(missing)} file(s) are not at {dest} after the upload (e.g. {missing[0]!r}); "
+            "push with --pack, which keeps every name and file as it is"
+        )
+
+
 def _push_file(ctx: Context, src: str, dest: str) -> Result:
     before = os.stat(src)
     ctx.job.update(total_bytes=before.st_size, total_files=1)
@@ -98,13 +111,23 @@ def _push_file(ctx: Context, src: str, dest: str) -> Result:
 
 def _push_folder(ctx: Context, src: str, dest: str) -> Result:
     tree = localtree.scan(src)
+    for path in [f.path for f in tree.files] + [d for d, _ in tree.dirs] + [p for p, _ in tree.links]:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:  # rclone and the remotes keep names as UTF-8: this one would be changed
+            raise BadInput(
+                f"{os.fsencode(path)!r} in {src} is not a UTF-8 name; a plain copy cannot keep it. "
+                "Rename it, or push with --pack (packed datasets keep any name)"
+            ) from None
     snapshot = {f.path: f for f in tree.files}
     links = {path for path, _ in tree.links}
     ctx.job.update(total_bytes=sum(f.size for f in snapshot.values()), total_files=len(snapshot))
     info = remotes.remote_info(ctx.rc, dest)
     parent, name = dest.rsplit("/", 1) if "/" in dest.split(":", 1)[-1] else (None, None)
     tmp = f"{parent}/.{name}.cm-upload-{short_id()}" if parent else remotes.join(dest, f".cm-upload-{short_id()}")
-    args = ["copy", src, tmp, "--create-empty-src-dirs", "--links", "--transfers", "8", "--checkers", "16"]
+    # names as they are: without --no-unicode-normalization, NFC and NFD twins collide into one
+    args = ["copy", src, tmp, "--create-empty-src-dirs", "--links", "--no-unicode-normalization"]
+    args += ["--transfers", "8", "--checkers", "16"]
     try:
         ctx.run("mkdir", dest)
         args += ["--compare-dest", dest]
@@ -137,7 +160,8 @@ def _push_folder(ctx: Context, src: str, dest: str) -> Result:
                 ctx.run("deletefile", remotes.join(tmp, entry["Path"]))  # rclone reads its listed form back
             else:
                 uploaded += 1
-        ctx.run("move", tmp, dest, "--create-empty-src-dirs", "--links")
+        ctx.run("move", tmp, dest, "--create-empty-src-dirs", "--links", "--no-unicode-normalization")
+        _check_complete(ctx, dest, snapshot, links, set(changed))
     finally:
         quietly(ctx.rc, "purge", tmp)
     if changed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
+import re
 from dataclasses import dataclass
 
 import platformdirs
@@ -33,14 +34,43 @@ def default_root() -> str:
     return os.path.join(platformdirs.user_data_dir("colab_magics"), "remote")
 
 
+# rclone's rule for a configured remote's name
+_REMOTE_NAME = re.compile(r"[\w.+@]([\w.+@ -]*[\w.+@-])?")  # never a leading "-": rclone would read a flag
+
+
 def resolve(name: str, root: str | None = None) -> str:
-    """The rclone path for ``name``: as given if it has ``:`` or starts with ``/``, else under the root."""
+    """The rclone path for ``name``: as given if it has ``:`` or starts with ``/``, else under the root.
+
+    Malformed remotes are refused here, in plain words, rather than by rclone later; ``:local:``
+    (rclone's on-the-fly local backend) becomes the local path it names, so that the checks
+    for overlapping source and dest see it.
+    """
     name = os.fspath(name)
     if not name.strip():
         raise BadInput("the remote path is empty; give a name such as datasets/flowers or gdrive:data")
-    if ":" in name or name.startswith("/"):
+    if name.startswith("/"):
         return name
+    if ":" in name and "/" not in name.split(":", 1)[0]:
+        head, path = name.split(":", 1)
+        if name.startswith(":"):  # a connection string, :backend[,option=value...]:path
+            backend, _, path = name[1:].partition(":")
+            if not backend.split(",", 1)[0] or not _:
+                raise BadInput(f"malformed remote {name!r}: {_FORMS}")
+            return os.path.abspath(path or ".") if backend == "local" else name
+        if not _REMOTE_NAME.fullmatch(head):
+            raise BadInput(f"malformed remote {name!r}: {_FORMS}")
+        return name
+    if ":" in name:
+        return name
+    if ".." in name.split("/"):
+        raise BadInput(f"{name!r} climbs out of the remote root with '..'; give a name inside it, or a full path")
     return join(root or default_root(), name)
+
+
+_FORMS = (
+    "write NAME:path with a configured remote NAME (letters, digits, _ - . + @, inner spaces), "
+    "a name under the remote root such as datasets/flowers, or a local /absolute/path"
+)
 
 
 def join(base: str, *parts: str) -> str:

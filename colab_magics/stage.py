@@ -57,6 +57,9 @@ def default_dest(source: str) -> Path:
     return Path(name)
 
 
+MAX_WORKERS = 32  # beyond this, more requests at once only trip the remote's rate limits
+
+
 def stage(
     source: str,
     dest: str | os.PathLike[str] | None = None,
@@ -69,10 +72,12 @@ def stage(
     cancel: threading.Event | None = None,
 ) -> Result:
     """Copy ``source`` (a remote path or a name under the default root) to the local folder ``dest``."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise BadInput(f"workers must be between 1 and {MAX_WORKERS} (parts downloaded at once), not {workers}")
     src = remotes.resolve(source, root)
     target = Path(os.path.abspath(dest if dest is not None else default_dest(src)))
     _check_dest(src, target)
-    work = lambda ctx: _Stage(ctx, src, target, max(1, workers)).run(force)  # noqa: E731
+    work = lambda ctx: _Stage(ctx, src, target, workers).run(force)  # noqa: E731
     return run_job(f"stage {source}", "down", f"{src} -> {target}", work, rclone, events, cancel)
 
 
@@ -319,6 +324,7 @@ class _Stage:
             "16",
             "--create-empty-src-dirs",
             "--links",
+            "--no-unicode-normalization",  # NFC and NFD twins are two files, as on the remote
         ]
         if self.dest.is_dir():
             args += ["--copy-dest", str(self.dest)]  # unchanged files come from the old copy, not the network

@@ -26,8 +26,8 @@ def parse_size(text: str | int) -> int:
     return value
 
 
-def parse_duration(text: str | float) -> float:
-    """Seconds from ``30s``/``5m``/``1h``/``90`` (plain numbers are seconds)."""
+def parse_duration(text: str | float, minimum: float = 0.0) -> float:
+    """Seconds from ``30s``/``5m``/``1h``/``90`` (plain numbers are seconds), at least ``minimum``."""
     if isinstance(text, (int, float)):
         value = float(text)
     else:
@@ -35,6 +35,8 @@ def parse_duration(text: str | float) -> float:
         if not m:
             raise BadInput(f"cannot read {text!r} as a duration; write it like 30s, 5m or 1h")
         value = float(m.group(1)) * _SECONDS[m.group(2).lower() if m.group(2) else None]
-    if value <= 0:
+    if value <= 0 or value != value:
         raise BadInput(f"duration {text!r} must be positive")
+    if value < minimum:
+        raise BadInput(f"duration {text!r} is too short: at least {minimum:g}s")
     return value

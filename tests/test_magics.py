@@ -46,7 +46,7 @@ def test_config_sets_the_remote(ip, tmp_path, capsys):
         ("drive_stage", "nosuch:x", "unknown remote"),
         ("drive_stage", "", "arguments are required|the following arguments"),
         ("drive_stage", "x --workers zero", "invalid int"),
-        ("drive_stage", "x --workers 0", "at least 1"),
+        ("drive_stage", "x --workers 0", "between 1 and 32"),
         ("drive_push", "/no/such/path", "does not exist"),
         ("drive_push", "{tmp} --pack --part-size 12x", "cannot read '12x'"),
         ("drive_push", "{tmp} --bogus", "unrecognized"),

@@ -12,6 +12,7 @@ Every number in the closing summary is measured, not declared:
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -90,6 +91,18 @@ class NoLoss:
 @pytest.fixture
 def no_loss() -> NoLoss:
     return NoLoss()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MiB tmpfs: a disk that fills up (skipped where tmpfs cannot be mounted)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], capture_output=True)
 
 
 # -- leaks -------------------------------------------------------------------------------------
