@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument("dir", help="local folder to keep safe")
     k.add_argument("--to", dest="dest", help="remote path (default: <remote root>/<basename of DIR>)")
-    k.add_argument("--every", default="5m", type=lambda t: parse_duration(t, minimum=MIN_EVERY), help="sync interval: 30s, 5m, 1h (default 5m)")
+    k.add_argument(
+        "--every", default="5m", type=lambda t: parse_duration(t, minimum=MIN_EVERY), help="sync interval: 30s, 5m, 1h"
+    )
     k.add_argument("--no-restore", action="store_true", help="do not bring back an earlier sync first")
     k.add_argument("--mirror", action="store_true", help="also delete on the remote what is deleted locally")
     k.add_argument("--steal-lock", action="store_true", help="take over from another writer")

@@ -4,8 +4,8 @@ A :class:`Persister` owns one background thread that wakes on a stop event (neve
 sleep) to sync every ``every`` seconds, on :meth:`trigger`, and to refresh a lock on the
 remote that stops a second writer.  The lock's expiry is judged by wall clocks, which can
 be wrong or jump; so every commit also checks that the lock is still ours, and a kernel
-that was taken over stops syncing instead of overwriting the newer writer's manifest.  Each sync is an incremental packed upload
-(:mod:`.packsync`) with copy semantics by default, and tolerant of files still being
+that was taken over stops syncing instead of overwriting the newer writer's manifest.
+Each sync is an incremental packed upload (:mod:`.packsync`) with copy semantics by default, and tolerant of files still being
 written: those keep their previous remote version and go up at the next sync.  The remote
 therefore always holds a complete, verified version; a killed kernel loses at most one
 interval.

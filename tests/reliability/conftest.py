@@ -94,6 +94,16 @@ def no_loss() -> NoLoss:
 
 
 @pytest.fixture
+def dav(tmp_path, monkeypatch):
+    """A ``rclone serve webdav`` of its own (the remote ``cmwebdav:``), which a test may kill and restart."""
+    server = Server("webdav", tmp_path / "dav").start()
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def small_disk(tmp_path):
     """A 24 MiB tmpfs: a disk that fills up (skipped where tmpfs cannot be mounted)."""
     folder = tmp_path / "small-disk"

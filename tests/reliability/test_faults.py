@@ -25,15 +25,6 @@ from colab_magics.persist import Persister
 FAST_FAIL = ["--retries", "1", "--low-level-retries", "1", "--contimeout", "2s", "--timeout", "5s"]
 
 
-@pytest.fixture
-def dav(tmp_path, monkeypatch):
-    server = Server("webdav", tmp_path / "dav").start()
-    for key, value in server.env().items():
-        monkeypatch.setenv(key, value)
-    yield server
-    server.stop()
-
-
 def _kill_soon(server: Server, after: float) -> threading.Timer:
     timer = threading.Timer(after, server.kill)
     timer.start()

@@ -209,5 +209,6 @@ def test_two_kernels_persisting_to_one_folder(tmp_path, no_loss, monkeypatch):
     expected_a = {k: v for k, v in snapshot(a_dir / "outputs", mtimes=False, modes=False).items()
                   if os.fsdecode(k) in synced_by_a}  # fmt: skip
     no_loss(expected_a, {k: v for k, v in back.items() if k in expected_a}, "kernel A's synced files")
-    written_by_b = {k: v for k, v in snapshot(b_dir / "outputs", mtimes=False, modes=False).items() if k.startswith(b"b-")}
+    in_b = snapshot(b_dir / "outputs", mtimes=False, modes=False)
+    written_by_b = {k: v for k, v in in_b.items() if k.startswith(b"b-")}
     no_loss(written_by_b, {k: v for k, v in back.items() if k.startswith(b"b-")}, "kernel B's files")

@@ -54,6 +54,7 @@ print("RESUMED", resumed, inplace, log_steps[0], log_steps[-1], len(log_steps))
 """
 
 
+@pytest.mark.fault("kernel SIGKILL mid-persist")
 def test_sigkill_mid_persist_then_fresh_kernel_restores(tmp_path):
     workdir = tmp_path / "work"
     workdir.mkdir()
