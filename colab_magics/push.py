@@ -79,6 +79,15 @@ def _result(ctx: Context, src: str, dest: str, kind: str, files: int, size: int,
 
 
 # -- plain mode ------------------------------------------------------------------------------
+def _beside(dest: str, suffix: str) -> str:
+    """A hidden temporary name next to ``dest`` (never inside it: rclone refuses to move a folder
+    into itself), also when ``dest`` sits at the top of a remote or of the file system."""
+    head, path = dest.split(":", 1) if remotes.is_remote(dest) else ("", dest)
+    prefix = head + ":" if remotes.is_remote(dest) else ""
+    parent, _, name = path.rstrip("/").rpartition("/")
+    return f"{prefix}{parent}/.{name}.{suffix}" if parent or path.startswith("/") else f"{prefix}.{name}.{suffix}"
+
+
 def _check_complete(ctx: Context, dest: str, planned: dict[str, FileStat], links: set[str], skip: set[str]) -> None:
     """Every file meant to be there is at dest with its size: nothing dropped without a word."""
     listing = ctx.rc.json("lsjson", "-R", "--files-only", dest)
@@ -123,8 +132,7 @@ def _push_folder(ctx: Context, src: str, dest: str) -> Result:
     links = {path for path, _ in tree.links}
     ctx.job.update(total_bytes=sum(f.size for f in snapshot.values()), total_files=len(snapshot))
     info = remotes.remote_info(ctx.rc, dest)
-    parent, name = dest.rsplit("/", 1) if "/" in dest.split(":", 1)[-1] else (None, None)
-    tmp = f"{parent}/.{name}.cm-upload-{short_id()}" if parent else remotes.join(dest, f".cm-upload-{short_id()}")
+    tmp = _beside(dest, f"cm-upload-{short_id()}")
     # names as they are: without --no-unicode-normalization, NFC and NFD twins collide into one
     args = ["copy", src, tmp, "--create-empty-src-dirs", "--links", "--no-unicode-normalization"]
     args += ["--transfers", "8", "--checkers", "16"]

@@ -50,9 +50,40 @@ _QUOTA = re.compile(
     r"SlowDown|quota",
     re.IGNORECASE,
 )
+# a quota that waiting does not restore: only freeing space (or another destination) helps
+_STORAGE_QUOTA = re.compile(
+    r"storageQuotaExceeded|teamDriveFileLimitExceeded|storage quota|Insufficient ?Storage", re.IGNORECASE
+)
+_DOWNLOAD_QUOTA = re.compile(r"downloadQuotaExceeded", re.IGNORECASE)
+# what a refusal says about itself: "429 Too Many Requests", Drive's reason and message
+_HTTP_STATUS = re.compile(r"\b([45]\d\d) ((?:[A-Z][a-z]+)(?: [A-Z][a-z]+)*)")
+_REASON = re.compile(
+    r"\b(userRateLimitExceeded|rateLimitExceeded|storageQuotaExceeded|downloadQuotaExceeded|"
+    r"teamDriveFileLimitExceeded|dailyLimitExceeded|quotaExceeded|SlowDown)\b"
+)
+_API_MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
 _NO_SECTION = re.compile(r"didn't find section in config file \(\"?([^\")]*)\"?\)")
 _UPDATING = "source file is being updated"
+_FATAL = "Fatal error received - not attempting retries"
+_ATTEMPT = re.compile(r"Attempt \d+/\d+ failed with \d+ errors? and: ")  # each retry repeats the same cause
 _NOT_FOUND = re.compile(r"directory not found|object not found|file not found|not found", re.I)
+
+
+def _refusal(stderr: str, text: str) -> str:
+    """A refusal in a few words: "HTTP 403 Forbidden, userRateLimitExceeded: User Rate Limit Exceeded",
+    rather than the server's whole (often multi-line JSON) error body; ``text`` when none of it is there."""
+    status = _HTTP_STATUS.search(stderr)
+    reason = _REASON.search(stderr)
+    message = _API_MESSAGE.search(stderr)
+    words = ", ".join(
+        part
+        for part in (f"HTTP {status.group(1)} {status.group(2)}" if status else "", reason and reason.group(1))
+        if part
+    )
+    if message and (not reason or message.group(1) != reason.group(1)):
+        words = f"{words}: {message.group(1)}" if words else message.group(1)
+    words = " ".join(words.split())
+    return words or (text if len(text) < 200 else text[:200] + "...")
 
 
 def extra_flags() -> list[str]:
@@ -174,14 +205,17 @@ class RcloneProcess:
 
     def error(self, rc: int) -> ColabMagicsError:
         """The exception that rclone's exit code and own messages amount to."""
-        messages = self.errors or list(self._tail)
+        # "Fatal error received" says nothing: rclone gives the cause in a "Failed to <command>: ..." notice
+        real = [m for m in self.errors if m != _FATAL]
+        messages = real or [t for t in self._tail if t.startswith("Failed to ")] or self.errors or list(self._tail)
         updating = [m.split(": ", 1)[0] for m in self.errors if ": Failed to copy: " in m and _UPDATING in m]
         if updating and all(_UPDATING in m for m in self.errors):
             paths = list(dict.fromkeys(updating))
             return SourceChanged(
                 f"{paths[0]} changed while it was being uploaded; push again once it is written", paths
             )
-        text = "; ".join(dict.fromkeys(m for m in messages if m)) or f"exit status {rc}"
+        text = "; ".join(dict.fromkeys(_ATTEMPT.sub("", m) for m in messages if m)) or f"exit status {rc}"
+        text = " ".join(text.split())  # one line, whatever a server put in its error body
         text = text if len(text) < 400 else text[:400] + "..."
         command = self.argv[1] if len(self.argv) > 1 else "rclone"
         stderr = "\n".join(messages)
@@ -194,9 +228,23 @@ class RcloneProcess:
                 exit_code=rc,
                 stderr=stderr,
             )
+        if _STORAGE_QUOTA.search(stderr):
+            return QuotaError(
+                f"the remote is out of storage quota ({_refusal(stderr, text)}); nothing more can be uploaded "
+                "there until space is freed (empty its trash too) or the quota is raised, or push to another remote",
+                exit_code=rc,
+                stderr=stderr,
+            )
+        if _DOWNLOAD_QUOTA.search(stderr):
+            return QuotaError(
+                f"the remote's download quota for this data is used up ({_refusal(stderr, text)}); "
+                "wait until it resets (Drive: up to 24 hours) and stage again",
+                exit_code=rc,
+                stderr=stderr,
+            )
         if _QUOTA.search(stderr) or rc == 8:
             return QuotaError(
-                f"the remote refused for a rate limit or quota ({text}); wait and retry, "
+                f"the remote is rate-limiting requests ({_refusal(stderr, text)}); wait a few minutes and retry, "
                 "or lower the request rate with COLAB_MAGICS_RCLONE_FLAGS='--tpslimit 5'",
                 exit_code=rc,
                 stderr=stderr,

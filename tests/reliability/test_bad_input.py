@@ -415,3 +415,14 @@ def test_huge_compression_ratio_fills_no_disk(members, size, tmp_path, small_dis
     assert "\n" not in str(info.value)
     no_loss(snapshot(old), snapshot(small_disk / "dest"), "dest after the bomb")
     assert sorted(p.name for p in small_disk.iterdir()) == ["dest"]  # nothing half-extracted left behind
+
+
+@pytest.mark.bad_input
+def test_plain_push_to_the_top_of_a_remote(tmp_path, dav, no_loss):
+    src = make_tree(tmp_path / "src", small=3, odd=False)
+    cm.push(src, f"{dav.name}:top")  # a folder at the remote's top level (its temporary goes beside it)
+    cm.stage(f"{dav.name}:top", tmp_path / "back")
+    plain = {"mtimes": False, "modes": False}  # a plain copy keeps neither modes nor exact times
+    no_loss(snapshot(src, **plain), snapshot(tmp_path / "back", **plain), "a top-level plain push")
+    cm.push(src, f"{dav.name}:")  # "into the top": as src
+    assert sorted(p.name for p in dav.folder.iterdir()) == ["src", "top"]  # no temporary left beside them

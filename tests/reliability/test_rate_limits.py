@@ -1,0 +1,218 @@
+"""Rate limits and quotas (issue #5): a remote that answers 429/403 for a while, or for good.
+
+The remote is ``rclone serve webdav`` behind :class:`ratelimit_proxy.RateLimitProxy`, which
+refuses requests with Google Drive's statuses and error bodies.  What rclone's webdav backend
+does with them, measured with this proxy (rclone v1.75):
+
+- 429 is retried at the low level (each HTTP request, ``--low-level-retries``, default 10) by
+  the pacer; ``Retry-After`` is ignored.  With the pacer's minimum sleep at rclone's default
+  (10 ms) the retries back off exponentially, at most 2 s apart (tries at 0, 0.01, 0.03, 0.07,
+  0.15, 0.31, 0.63, 1.27, 2.55, 4.56 s): a refusal shorter than ~4.5 s is absorbed, and that
+  rclone process stays slow for a few seconds more while its pacer decays.  With
+  ``pacer_min_sleep = 0`` (the suite's other remotes) there is nothing to double: the 10 tries
+  take ~10 ms and any 429 that lasts fails the command.  A streamed upload (``rcat`` of a part)
+  cannot be replayed, so a 429 on its PUT fails it; but its PROPFIND and MKCOL come first and
+  are retried, so a window that opens before the upload starts is over before the PUT.
+- 403 (Drive's ``userRateLimitExceeded`` or ``storageQuotaExceeded``) is never retried at the
+  low level; copy-like commands repeat the whole command (``--retries``, no sleep), so the
+  operation fails within a fraction of a second, whatever the body says.
+
+So the engine must turn a lasting refusal into a :class:`~colab_magics.errors.QuotaError` that
+says in plain words what happened and what to do, leave the previous remote version intact and
+no temporary upload behind, and succeed on the next try.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from ratelimit_proxy import STORAGE_QUOTA, TOO_MANY_REQUESTS, USER_RATE_LIMIT, RateLimitProxy
+from servers import Server
+from trees import make_tree, snapshot
+
+import colab_magics as cm
+from colab_magics import errors, runner
+from colab_magics.persist import Persister
+
+# Where a test needs a lasting refusal to fail fast rather than after rclone's default
+# 3 whole-command retries x 10 per-request retries: one try of the command (--retries 1) and
+# at most 3 tries of each request (--low-level-retries 3, ~0.1 s with the suite's pacer at 0).
+FAST_FAIL = ["--retries", "1", "--low-level-retries", "3"]
+# Where rclone is meant to ride out a short 429 on its own: its defaults (10 low-level tries,
+# 3 command tries), nothing from COLAB_MAGICS_RCLONE_FLAGS, and the pacer's default minimum
+# sleep (10 ms) so that the retries back off (see the module docstring).
+DEFAULTS: list[str] = []
+WINDOW = 2.0  # seconds of 429: well inside the ~4.5 s that 10 backed-off tries span
+PART = 64 << 10  # small parts: several requests per push and stage
+
+
+@pytest.fixture
+def limited(tmp_path, monkeypatch):
+    """``cmlimited:``: a webdav remote (files in ``tmp_path/dav``) behind the refusing proxy."""
+    server = Server("webdav", tmp_path / "dav").start()
+    try:
+        proxy = RateLimitProxy(server).start()
+        try:
+            for key, value in proxy.env().items():
+                monkeypatch.setenv(key, value)
+            yield proxy
+        finally:
+            proxy.stop()
+    finally:
+        server.stop()
+
+
+def _backing_off(monkeypatch, proxy: RateLimitProxy) -> None:
+    """Give the remote rclone's default pacer (10 ms minimum sleep), whose retries back off."""
+    for key, value in proxy.env(pacer_min_sleep="10ms").items():
+        monkeypatch.setenv(key, value)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if ".cm-tmp" in p.name or ".cm-upload" in p.name]
+
+
+def _plain(message: str, *words: str) -> str:
+    """The one-line, plain-words message a user sees (the magics and the CLI print exactly this)."""
+    assert "\n" not in message and len(message) < 400, message
+    assert '"error"' not in message and "{" not in message, f"a raw error body in the message: {message}"
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+    return message
+
+
+def _pushed(tmp_path: Path, proxy: RateLimitProxy, tree: Path, name: str = "ds") -> Path:
+    """Push ``tree`` packed through the proxy (nothing refused) and return its folder on disk."""
+    cm.push(tree, f"{proxy.name}:{name}", pack=True, part_size=PART)
+    return tmp_path / "dav" / name
+
+
+# -- a: a short 429 is absorbed by rclone's backoff ---------------------------------------------
+@pytest.mark.fault("429 Too Many Requests for 2 s during a packed push")
+def test_a_429_for_a_while_during_a_packed_push_is_ridden_out(limited, tmp_path, monkeypatch, no_loss):
+    _backing_off(monkeypatch, limited)
+    folder = _pushed(tmp_path, limited, make_tree(tmp_path / "v1", small=20))
+    v2 = make_tree(tmp_path / "v2", small=30, big=300 << 10)
+    limited.reset_counts()
+    limited.refuse(TOO_MANY_REQUESTS, seconds=WINDOW, retry_after=1)
+    result = cm.push(v2, f"{limited.name}:ds", pack=True, part_size=PART, rclone=runner.Rclone(flags=DEFAULTS))
+    assert limited.refused >= 1, "the 429 window was never hit"
+    assert limited.forwarded >= 1
+    assert result.files == len([p for p in snapshot(v2).values() if p[0] == "file"])
+    assert not _leftovers(folder)
+    cm.stage(f"{limited.name}:ds", tmp_path / "check")
+    no_loss(snapshot(v2), snapshot(tmp_path / "check"), "remote after a push through a 429 window")
+
+
+@pytest.mark.fault("429 Too Many Requests for 2 s during a packed stage")
+def test_a_429_for_a_while_during_a_packed_stage_is_ridden_out(limited, tmp_path, monkeypatch, no_loss):
+    _backing_off(monkeypatch, limited)
+    tree = make_tree(tmp_path / "tree", small=30, big=300 << 10)
+    _pushed(tmp_path, limited, tree)
+    limited.reset_counts()
+    limited.refuse(TOO_MANY_REQUESTS, seconds=WINDOW, retry_after=1)
+    result = cm.stage(f"{limited.name}:ds", tmp_path / "dest", workers=2, rclone=runner.Rclone(flags=DEFAULTS))
+    assert limited.refused >= 1, "the 429 window was never hit"
+    assert result.kind == "packed" and not result.up_to_date
+    no_loss(snapshot(tree), snapshot(tmp_path / "dest"), "dest after a stage through a 429 window")
+
+
+# -- b: Drive's 403 userRateLimitExceeded for a while ------------------------------------------
+@pytest.mark.fault("403 userRateLimitExceeded for a while during a packed push")
+@pytest.mark.parametrize("where", ["from the start", "at the manifest"])
+def test_b_403_user_rate_limit_is_a_clear_quota_error_then_a_retry_succeeds(limited, tmp_path, where, no_loss):
+    v1 = make_tree(tmp_path / "v1", small=10)
+    folder = _pushed(tmp_path, limited, v1)
+    v2 = make_tree(tmp_path / "v2", small=25, big=200 << 10)
+    limited.reset_counts()
+    if where == "from the start":  # for the next 2 s, every request
+        limited.refuse(USER_RATE_LIMIT, seconds=2)
+    else:  # the parts go up, then the next 3 uploads of the manifest (the commit) are refused
+        limited.refuse(USER_RATE_LIMIT, count=3, methods={"PUT"}, paths=("manifest.json",))
+    try:
+        cm.push(v2, f"{limited.name}:ds", pack=True, part_size=PART, rclone=runner.Rclone(flags=FAST_FAIL))
+    except errors.QuotaError as exc:  # what rclone's webdav backend does today: no retry of a 403
+        _plain(str(exc), "rate-limiting", "wait", "userRateLimitExceeded")
+        assert limited.refused >= 1
+        assert not _leftovers(folder)  # cleaning up needs no upload, so it was not refused
+        if where == "at the manifest":
+            assert limited.refused_by_method["PUT"] == limited.refused  # only the commit was refused
+            limited.clear()  # the rate limit has passed
+        limited.wait_over()
+        cm.stage(f"{limited.name}:ds", tmp_path / "check")
+        no_loss(snapshot(v1), snapshot(tmp_path / "check"), "remote after the refused push")  # previous version
+    else:  # a backend that backs off on 403 would get here: then the push must be complete
+        assert limited.refused >= 1
+    limited.wait_over()
+    cm.push(v2, f"{limited.name}:ds", pack=True, part_size=PART)  # after the window: succeeds
+    assert not _leftovers(folder)
+    cm.stage(f"{limited.name}:ds", tmp_path / "check", force=True)
+    no_loss(snapshot(v2), snapshot(tmp_path / "check"), "remote after the retry")
+
+
+# -- c: the storage quota is full ---------------------------------------------------------------
+@pytest.mark.fault("403 storageQuotaExceeded on upload")
+@pytest.mark.parametrize("where", ["first part", "manifest"])
+def test_c_storage_quota_exceeded_names_the_quota_and_leaves_nothing_behind(limited, tmp_path, where, no_loss):
+    v1 = make_tree(tmp_path / "v1", small=10)
+    folder = _pushed(tmp_path, limited, v1)
+    on_disk = snapshot(folder)
+    v2 = make_tree(tmp_path / "v2", small=25, big=200 << 10)
+    limited.reset_counts()
+    paths = ("manifest.json",) if where == "manifest" else None
+    limited.refuse(STORAGE_QUOTA, methods={"PUT"}, paths=paths)  # until cleared: Drive is full
+    with pytest.raises(errors.QuotaError) as caught:
+        cm.push(v2, f"{limited.name}:ds", pack=True, part_size=PART, rclone=runner.Rclone(flags=FAST_FAIL))
+    message = _plain(str(caught.value), "storage quota", "storageQuotaExceeded", "space")
+    assert "wait a few minutes" not in message  # waiting does not empty a full Drive
+    assert limited.refused >= 1 and limited.refused_by_method["PUT"] == limited.refused
+    assert not runner._live
+    assert not _leftovers(folder)
+    # the folder on the server's disk is exactly as before: no temporary upload, no new part
+    no_loss(on_disk, snapshot(folder), "remote folder after the refused push")
+    cm.stage(f"{limited.name}:ds", tmp_path / "check")  # reads still work on a full Drive
+    no_loss(snapshot(v1), snapshot(tmp_path / "check"), "remote after the refused push")
+    limited.clear()  # space was freed
+    cm.push(v2, f"{limited.name}:ds", pack=True, part_size=PART)
+    cm.stage(f"{limited.name}:ds", tmp_path / "check", force=True)
+    no_loss(snapshot(v2), snapshot(tmp_path / "check"), "remote after the push once space was freed")
+
+
+# -- d: a persist whose background sync keeps being refused -------------------------------------
+@pytest.mark.fault("persist sync refused by a lasting rate limit")
+@pytest.mark.parametrize("fault", [TOO_MANY_REQUESTS, USER_RATE_LIMIT], ids=["429", "403"])
+def test_d_persist_sync_refused_reports_error_then_recovers(limited, tmp_path, fault, no_loss):
+    local = tmp_path / "outputs"
+    local.mkdir()
+    (local / "epoch-1.txt").write_text("one")
+    dest = f"{limited.name}:run"
+    p = Persister(local, dest, every=3600, settle=0.0, part_size=PART, rclone=runner.Rclone(flags=FAST_FAIL))
+    p.start()
+    try:
+        p.trigger().result(timeout=60)
+        (local / "epoch-2.bin").write_bytes(os.urandom(150 << 10))
+        (local / "logs").mkdir()
+        (local / "logs" / "train.log").write_text("step 1\nstep 2\n")
+        limited.reset_counts()
+        limited.refuse(fault)  # until cleared
+        with pytest.raises(errors.QuotaError):
+            p.trigger().result(timeout=60)
+        status = p.status()
+        assert status.state == "error", status
+        _plain(status.last_error, "rate-limiting", "wait")
+        assert limited.refused >= 1
+        limited.clear()
+        t0 = time.monotonic()
+        outcome = p.trigger().result(timeout=60)  # the next sync succeeds
+        assert time.monotonic() - t0 < 30
+        assert p.status().state == "idle" and not p.status().last_error
+        assert {f.path for f in outcome.manifest.files} == {"epoch-1.txt", "epoch-2.bin", "logs/train.log"}
+    finally:
+        limited.clear()
+        p.stop()
+    assert not _leftovers(tmp_path / "dav" / "run")
+    cm.stage(dest, tmp_path / "check")
+    no_loss(snapshot(local), snapshot(tmp_path / "check"), "remote after the persist recovered")
