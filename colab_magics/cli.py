@@ -10,7 +10,7 @@ import argparse
 import signal
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__
 from .errors import ColabMagicsError

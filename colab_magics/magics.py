@@ -22,11 +22,11 @@ from . import runner
 from .errors import ColabMagicsError
 from .events import bus
 from .manifest import DEFAULT_PART_SIZE
+from .panel import render_text
 from .persist import MIN_EVERY, Persister
-from .status import StatusBoard
 from .push import push
 from .stage import stage
-from .panel import render_text
+from .status import StatusBoard
 from .text import ProgressPrinter
 from .units import parse_duration, parse_size
 
@@ -87,7 +87,7 @@ class ColabMagics(Magics):
         """Run engine work with progress shown; expected failures become one UsageError line."""
         if self._widgets():
             self._show_panel()
-            unsubscribe = lambda: None  # noqa: E731  (the panel follows the events itself)
+            unsubscribe = lambda: None
         else:
             unsubscribe = bus.subscribe(ProgressPrinter(sys.stdout))
         try:

@@ -93,7 +93,7 @@ class _Slice:
     A file that shrank is padded with zeros (and flagged) so that the tar stream stays valid.
     """
 
-    def __init__(self, fh: IO[bytes], length: int, digest: "hashlib._Hash") -> None:
+    def __init__(self, fh: IO[bytes], length: int, digest: hashlib._Hash) -> None:
         self.fh = fh
         self.left = length
         self.digest = digest
@@ -117,7 +117,7 @@ def write_part(
     pieces: list[Piece],
     root: str,
     sink: IO[bytes],
-    digests: dict[str, "hashlib._Hash"],
+    digests: dict[str, hashlib._Hash],
     on_bytes: Callable[[int], None] | None = None,
     tolerant: bool = False,
     taken: dict[str, FileStat] | None = None,

@@ -12,8 +12,9 @@ import html
 import re
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import humanize
 
@@ -98,7 +99,7 @@ def _route_clicks_off_the_main_thread(buttons: Sequence[Any]) -> None:
             return
         if not _subshell:
             channel = kernel.shell_channel_thread
-            made: "Future[str]" = Future()
+            made: Future[str] = Future()
 
             def create() -> None:
                 try:

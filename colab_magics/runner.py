@@ -23,7 +23,8 @@ import signal
 import subprocess
 import threading
 from collections import deque
-from typing import IO, Callable, Sequence
+from collections.abc import Sequence
+from typing import IO, Callable
 
 from rclone_python.utils import extract_rclone_progress
 
@@ -41,7 +42,7 @@ from .events import Progress
 
 StatsCallback = Callable[[Progress], None]
 
-_live: set["RcloneProcess"] = set()
+_live: set[RcloneProcess] = set()
 _live_lock = threading.Lock()
 
 _QUOTA = re.compile(
@@ -66,7 +67,7 @@ _NO_SECTION = re.compile(r"didn't find section in config file \(\"?([^\")]*)\"?\
 _UPDATING = "source file is being updated"
 _FATAL = "Fatal error received - not attempting retries"
 _ATTEMPT = re.compile(r"Attempt \d+/\d+ failed with \d+ errors? and: ")  # each retry repeats the same cause
-_NOT_FOUND = re.compile(r"directory not found|object not found|file not found|not found", re.I)
+_NOT_FOUND = re.compile(r"directory not found|object not found|file not found|not found", re.IGNORECASE)
 
 
 def _refusal(stderr: str, text: str) -> str:
@@ -289,7 +290,7 @@ class RcloneProcess:
                 except OSError:
                     pass
 
-    def __enter__(self) -> "RcloneProcess":
+    def __enter__(self) -> RcloneProcess:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -24,10 +24,10 @@ from . import localtree, remotes
 from .errors import BadInput, RemoteNotFound, UnsafeArchive, VerificationError
 from .events import EventBus
 from .extract import Extractor, check_symlink, extract_tar, extract_zip, safe_relpath
-from .tarstream import TarStream
 from .manifest import MANIFEST_NAME, Manifest
 from .runner import Rclone
 from .swap import replace_tree
+from .tarstream import TarStream
 from .transfer import Context, HashingReader, Result, read_json, run_job, state_dir, write_json
 
 ARCHIVES = {
@@ -77,7 +77,7 @@ def stage(
     src = remotes.resolve(source, root)
     target = Path(os.path.abspath(dest if dest is not None else default_dest(src)))
     _check_dest(src, target)
-    work = lambda ctx: _Stage(ctx, src, target, workers).run(force)  # noqa: E731
+    work = lambda ctx: _Stage(ctx, src, target, workers).run(force)
     return run_job(f"stage {source}", "down", f"{src} -> {target}", work, rclone, events, cancel)
 
 
@@ -236,7 +236,7 @@ class _Stage:
         def consume(reader: HashingReader) -> None:
             stream: IO[bytes] = _zstd_reader(reader) if manifest.compression == "zstd" else reader  # type: ignore[assignment]
             tar = TarStream(stream, where)
-            count = lambda n: self.ctx.job.add(done_bytes=n)  # noqa: E731
+            count = lambda n: self.ctx.job.add(done_bytes=n)
             for member in tar.members():
                 rel = safe_relpath(member.name, ex.what)
                 if rel in superseded:  # a later part holds its current version
@@ -286,7 +286,7 @@ class _Stage:
         ex = Extractor(self.tree, f"archive {self.src}")
         shutil.rmtree(self.tree)
         self.tree.mkdir()
-        count_bytes = lambda n: job.add(done_bytes=n)  # noqa: E731
+        count_bytes = lambda n: job.add(done_bytes=n)
         if kind == "zip":
             download = self.work / "download.zip"
             with open(download, "wb") as out:

@@ -9,8 +9,9 @@ every header's checksum, and refuses anything else.  Archives from elsewhere sti
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Iterator
+from typing import IO
 
 from .errors import VerificationError
 

@@ -161,11 +161,11 @@ def run_job(
     name: str,
     direction: str,
     detail: str,
-    work: Callable[[Context], "Result"],
+    work: Callable[[Context], Result],
     rclone: Rclone | None = None,
     events: EventBus | None = None,
     cancel: threading.Event | None = None,
-) -> "Result":
+) -> Result:
     """Run ``work`` as one job: started, then finished with its summary or failed with its error.
 
     On any failure (Ctrl-C included) every rclone child of the job is stopped first.

@@ -35,7 +35,7 @@ def parse_duration(text: str | float, minimum: float = 0.0) -> float:
         if not m:
             raise BadInput(f"cannot read {text!r} as a duration; write it like 30s, 5m or 1h")
         value = float(m.group(1)) * _SECONDS[m.group(2).lower() if m.group(2) else None]
-    if value <= 0 or value != value:
+    if not value > 0:  # also NaN
         raise BadInput(f"duration {text!r} must be positive")
     if value < minimum:
         raise BadInput(f"duration {text!r} is too short: at least {minimum:g}s")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from servers import Server  # noqa: E402
+from servers import Server
 
 
 @dataclass

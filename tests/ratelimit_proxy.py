@@ -107,7 +107,7 @@ class RateLimitProxy:
         retry_after: float | None = None,
         methods: set[str] | frozenset[str] | tuple[str, ...] | None = None,
         paths: tuple[str, ...] | None = None,
-    ) -> "RateLimitProxy":
+    ) -> RateLimitProxy:
         """Answer ``fault`` instead of forwarding: the next ``count`` requests, for ``seconds`` from now,
         or (neither given) until :meth:`clear`.  ``methods`` limits it to those HTTP methods (``{"PUT"}``:
         uploads), ``paths`` to URL paths (decoded) that contain one of the given strings."""
@@ -176,7 +176,7 @@ class RateLimitProxy:
             p + "PACER_MIN_SLEEP": pacer_min_sleep,
         }
 
-    def start(self) -> "RateLimitProxy":
+    def start(self) -> RateLimitProxy:
         server = _Server(("127.0.0.1", 0), _Handler)
         server.proxy = self
         self._server = server
@@ -203,7 +203,7 @@ class RateLimitProxy:
                 pass
         server.server_close()  # closes the listening socket and joins the handler threads
 
-    def __enter__(self) -> "RateLimitProxy":
+    def __enter__(self) -> RateLimitProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -55,7 +55,7 @@ class Server:
             }  # fmt: skip
         return {p + "TYPE": "webdav", p + "URL": self.url, p + "VENDOR": "rclone", p + "PACER_MIN_SLEEP": "0"}
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         self.folder.mkdir(parents=True, exist_ok=True)
         argv = [find_rclone(), "serve", self.kind, str(self.folder), "--addr", f"127.0.0.1:{self.port}"]
         if self.kind == "s3":

@@ -16,7 +16,7 @@ jupyter_client = pytest.importorskip("jupyter_client", reason="jupyter_client is
 pytest.importorskip("ipykernel", reason="ipykernel is a test dependency")
 pytest.importorskip("ipywidgets")
 
-from kernels import kernel_env, running  # noqa: E402
+from kernels import kernel_env, running
 
 pytestmark = pytest.mark.kernel
 

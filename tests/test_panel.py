@@ -38,7 +38,7 @@ def test_finished_jobs_show_as_synced_and_safe(board, tmp_path):
     cm.push(src, "ds", pack=True, events=bus)
     cm.stage("ds", tmp_path / "back", events=bus)
     bus.flush()
-    panel = Panel(b, lambda: [])
+    panel = Panel(b, list)
     assert {"cm-panel"} <= _classes(panel.widget)
     assert "synced" in panel.header.value and "safe to disconnect" in panel.header.value
     rows = panel.rows_box.children
@@ -57,7 +57,7 @@ def test_a_failure_is_shown_in_plain_words(board, tmp_path):
     with pytest.raises(errors.RemoteNotFound):
         cm.stage("no/such/dataset", tmp_path / "x", events=bus)
     bus.flush()
-    panel = Panel(b, lambda: [])
+    panel = Panel(b, list)
     assert "error" in panel.header.value and "not safe" in panel.header.value
     row = panel._rows["stage no/such/dataset"]
     assert row["bar"].bar_style == "danger" and "does not exist" in row["error"].value
@@ -109,7 +109,7 @@ def test_updates_from_threads_are_throttled(board):
             Counting.renders += 1
             super().refresh()
 
-    panel = Counting(b, lambda: [])
+    panel = Counting(b, list)
     Counting.renders = 0
     t0 = time.monotonic()
     threads = [threading.Thread(target=lambda: [panel.schedule() for _ in range(200)]) for _ in range(4)]

@@ -248,7 +248,7 @@ def test_remote_path_rules(monkeypatch):
 LONG = "L" * 255  # the longest name a Linux file system allows
 HOSTILE_NAMES = {
     "space": "with space.txt",
-    "quotes": "quote's \"double\".txt",
+    "quotes": 'quote\'s "double".txt',
     "dollar": "$HOME $(id) `id`.txt",
     "newline": "new\nline.txt",
     "tab": "tab\tname.txt",

@@ -24,8 +24,7 @@ SLOW = ["--bwlimit", "6M"]  # reading the file takes seconds: time for a change 
 
 def _rewrite_in_place(path) -> None:
     with open(path, "r+b") as fh:
-        for _ in range(SIZE // (1 << 20)):
-            fh.write(os.urandom(1 << 20))
+        fh.writelines(os.urandom(1 << 20) for _ in range(SIZE // (1 << 20)))
 
 
 def _replace(path) -> None:

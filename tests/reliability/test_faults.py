@@ -19,8 +19,6 @@ import colab_magics as cm
 from colab_magics import errors, runner
 from colab_magics.persist import Persister
 
-
-
 # give up fast on a dead server instead of rclone's default minutes of retries
 FAST_FAIL = ["--retries", "1", "--low-level-retries", "1", "--contimeout", "2s", "--timeout", "5s"]
 

@@ -17,12 +17,12 @@ import pytest
 pytest.importorskip("jupyter_client", reason="jupyter_client is a test dependency")
 pytest.importorskip("ipykernel", reason="ipykernel is a test dependency")
 
-from kernels import kernel_env, outputs, run, running  # noqa: E402
-from procs import descendants  # noqa: E402
-from procs import running as processes_mentioning  # noqa: E402
-from trees import make_tree, snapshot  # noqa: E402
+from kernels import kernel_env, outputs, run, running
+from procs import descendants
+from procs import running as processes_mentioning
+from trees import make_tree, snapshot
 
-import colab_magics as cm  # noqa: E402
+import colab_magics as cm
 
 pytestmark = pytest.mark.kernel
 SLOW = "--bwlimit 3M"  # slow enough to be interrupted mid-transfer
