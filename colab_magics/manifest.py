@@ -15,7 +15,8 @@ reading it back.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from .errors import ManifestError
 
@@ -84,8 +85,38 @@ class Manifest:
         return sum(f.size for f in self.files)
 
     def to_json(self) -> bytes:
-        data = {"format": FORMAT, "version": VERSION, **asdict(self)}
-        return json.dumps(data, indent=0, sort_keys=True).encode("ascii")
+        """What ``json.dumps({"format", "version", **asdict(self)}, indent=0, sort_keys=True)`` writes, byte
+        for byte, written directly: ``asdict`` and the pure-Python encoder that ``indent`` needs took
+        seconds and ~100 MB for 50,000 files; this takes a tenth of the time and about twice the result."""
+        q = _quote
+        out = bytearray()
+
+        def array(items: Iterable[str]) -> None:  # laid out as indent=0 does
+            empty = True
+            for item in items:
+                out.extend(b",\n" if not empty else b"[\n")
+                out.extend(item.encode("ascii"))
+                empty = False
+            out.extend(b"[]" if empty else b"\n]")
+
+        out.extend(f'{{\n"compression": {q(self.compression)},\n"dirs": '.encode("ascii"))
+        array(f'{{\n"mode": {d.mode},\n"path": {q(d.path)}\n}}' for d in self.dirs)
+        out.extend(b',\n"files": ')
+        array(
+            f'{{\n"mode": {f.mode},\n"mtime_ns": {f.mtime_ns},\n"path": {q(f.path)},\n"segments": '
+            f'{_small_array([_segment(s) for s in f.segments])},\n"sha256": {q(f.sha256)},\n"size": {f.size}\n}}'
+            for f in self.files
+        )
+        out.extend(f',\n"format": {q(FORMAT)},\n"links": '.encode("ascii"))
+        array(f'{{\n"path": {q(link.path)},\n"target": {q(link.target)}\n}}' for link in self.links)
+        out.extend(b',\n"parts": ')
+        array(
+            f'{{\n"data_bytes": {p.data_bytes},\n"md5": {q(p.md5)},\n"members": {p.members},\n"name": {q(p.name)},\n'
+            f'"size": {p.size},\n"skip": {_small_array([q(x) for x in p.skip])}\n}}'
+            for p in self.parts
+        )
+        out.extend(f',\n"version": {VERSION}\n}}'.encode("ascii"))
+        return bytes(out)
 
     def files_in_part(self, index: int) -> dict[str, tuple[FileEntry, Segment]]:
         """Members expected in part ``index``, by path."""
@@ -140,6 +171,18 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{where}: manifest.json is malformed ({exc!r}); re-push the dataset") from exc
+
+
+_quote = json.JSONEncoder(ensure_ascii=True).encode  # a str as a JSON string, as json.dumps writes it
+
+
+def _small_array(items: list[str]) -> str:
+    """A JSON array of already encoded items, laid out as ``indent=0`` does."""
+    return "[\n" + ",\n".join(items) + "\n]" if items else "[]"
+
+
+def _segment(s: Segment) -> str:
+    return f'{{\n"length": {s.length},\n"offset": {s.offset},\n"part": {s.part}\n}}'
 
 
 def _choice(value: object, allowed: tuple[str, ...]) -> str:

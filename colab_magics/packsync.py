@@ -210,9 +210,13 @@ class PackedSync:
             final[p] = FileEntry(e.path, e.size, e.mode, e.mtime_ns, e.sha256, segs)
         parts: list[PartEntry] = []
         assert old is not None or not referenced
+        in_part: dict[int, set[str]] = {}  # old part -> files it holds: one pass, not one per part
+        for p, e in old_files.items():
+            for s in e.segments:
+                in_part.setdefault(s.part, set()).add(p)
         for old_index in referenced:
             part = old.parts[old_index]  # type: ignore[union-attr]
-            members = set(part.skip) | {p for p, e in old_files.items() if any(s.part == old_index for s in e.segments)}
+            members = set(part.skip) | in_part.get(old_index, set())
             here = {p for p in members if p in final and any(s.part == remap[old_index] for s in final[p].segments)}
             skip = tuple(sorted(members - here))
             parts.append(PartEntry(part.name, part.size, part.md5, part.members, part.data_bytes, skip))
@@ -271,7 +275,10 @@ class PackedSync:
         name = self._part_name(old, serial)
         tmp = remotes.join(staging, name.split("/", 1)[1])
         sink = _Sink()
-        with self.ctx.start("rcat", tmp, stdin=subprocess.PIPE) as proc:
+        # where the remote keeps MD5s, _publish_parts checks ours against the remote's: rclone's own
+        # check of the same hash would hash every byte twice more (half of rclone's CPU for a big file)
+        once = ["--ignore-checksum"] if self.info.md5 else []
+        with self.ctx.start("rcat", tmp, *once, stdin=subprocess.PIPE) as proc:
             sink.pipe = proc.stdin
             try:
                 if self.opt.compression == "zstd":

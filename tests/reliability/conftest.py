@@ -11,10 +11,12 @@ Every number in the closing summary is measured, not declared:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
@@ -86,6 +88,38 @@ class NoLoss:
         LEDGER.lost_bytes += sum(len(v[1]) for v in lost.values() if v[0] == "file")
         extra = sorted(set(actual) - set(expected))
         assert not lost and not extra, f"{where}: lost or changed {sorted(lost)[:5]}, unexpected {extra[:5]}"
+
+    def same_file(self, expected: os.PathLike[str], actual: os.PathLike[str], where: str = "") -> None:
+        """Two files, however big, must be equal: each streamed in chunks (never whole in memory), the
+        two on two threads, and the chunks' SHA-256s compared; every chunk that differs or is missing
+        counts as lost bytes."""
+        with ThreadPoolExecutor(2) as pool:
+            want, got = pool.map(_chunk_digests, (expected, actual))
+        bad = [i for i, chunk in enumerate(want) if i >= len(got) or got[i] != chunk]
+        lost = sum(want[i][0] for i in bad)
+        extra = sum(n for n, _ in got[len(want) :])
+        LEDGER.compared_files += 1
+        LEDGER.lost_files += bool(lost)
+        LEDGER.lost_bytes += lost
+        assert not bad and not extra, (
+            f"{where}: {lost:,} bytes lost or changed in {len(bad)} chunk(s) of {_CHUNK:,} bytes"
+            f"{f' (the first at offset {bad[0] * _CHUNK:,})' if bad else ''}, {extra:,} bytes too many"
+        )
+
+
+_CHUNK = 8 << 20
+
+
+def _chunk_digests(path: os.PathLike[str]) -> list[tuple[int, bytes]]:
+    """(length, SHA-256) of each chunk of the file at ``path``; none when it is missing."""
+    if not os.path.exists(path):
+        return []
+    buf = memoryview(bytearray(_CHUNK))
+    out = []
+    with open(path, "rb") as fh:  # buffered: each readinto fills the chunk unless at the end
+        while n := fh.readinto(buf):
+            out.append((n, hashlib.sha256(buf[:n]).digest()))
+    return out
 
 
 @pytest.fixture
