@@ -56,8 +56,8 @@ def _leftovers(folder: Path) -> list[str]:
     return [str(p) for p in folder.rglob("*") if ".cm-tmp" in p.name or ".cm-upload" in p.name]
 
 
-@pytest.mark.fault("Ctrl-C during %drive_stage")
-def test_ctrl_c_during_drive_stage(tmp_path, no_loss, monkeypatch):
+def _old_data_and_a_big_dataset(tmp_path, monkeypatch):
+    """work/data staged from the dataset "old"; "big" (24 MiB in 4 MiB parts) on the remote, to stage over it."""
     remote, work = tmp_path / "remote", tmp_path / "work"
     work.mkdir()
     old = make_tree(tmp_path / "old", small=5, odd=False)
@@ -66,6 +66,12 @@ def test_ctrl_c_during_drive_stage(tmp_path, no_loss, monkeypatch):
     cm.push(old, "old", pack=True)
     cm.push(big, "big", pack=True, part_size=4 << 20)
     cm.stage("old", work / "data")
+    return remote, work, old, big
+
+
+@pytest.mark.fault("Ctrl-C during %drive_stage")
+def test_ctrl_c_during_drive_stage(tmp_path, no_loss, monkeypatch):
+    remote, work, old, big = _old_data_and_a_big_dataset(tmp_path, monkeypatch)
     env = dict(kernel_env(tmp_path, remote), COLAB_MAGICS_RCLONE_FLAGS=SLOW)
     with running(work, env) as (km, kc):
         reply, _, errors = _interrupt_after(km, kc, "%drive_stage big data --force", 2.0)
@@ -126,14 +132,7 @@ def test_ctrl_c_during_persist_cell_flushes(tmp_path, no_loss, monkeypatch):
 
 @pytest.mark.fault("kernel SIGKILL mid-stage")
 def test_kernel_killed_mid_stage(tmp_path, no_loss, monkeypatch):
-    remote, work = tmp_path / "remote", tmp_path / "work"
-    work.mkdir()
-    old = make_tree(tmp_path / "old", small=5, odd=False)
-    big = make_tree(tmp_path / "big", small=5, big=24 << 20, odd=False)
-    monkeypatch.setenv("COLAB_MAGICS_REMOTE", str(remote))
-    cm.push(old, "old", pack=True)
-    cm.push(big, "big", pack=True, part_size=4 << 20)
-    cm.stage("old", work / "data")
+    remote, work, old, big = _old_data_and_a_big_dataset(tmp_path, monkeypatch)
     env = dict(kernel_env(tmp_path, remote), COLAB_MAGICS_RCLONE_FLAGS=SLOW)
     with running(work, env) as (km, kc):
         kc.execute("%drive_stage big data --force")
