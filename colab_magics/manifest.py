@@ -118,17 +118,16 @@ class Manifest:
         out.extend(f',\n"version": {VERSION}\n}}'.encode("ascii"))
         return bytes(out)
 
-    def files_in_part(self, index: int) -> dict[str, tuple[FileEntry, Segment]]:
-        """Members expected in part ``index``, by path."""
-        found = {}
+    def members_by_part(self) -> list[dict[str, tuple[FileEntry, Segment]]]:
+        """Members expected in each part, by path: one pass over the files, whatever the number of parts."""
+        found: list[dict[str, tuple[FileEntry, Segment]]] = [{} for _ in self.parts]
         for f in self.files:
             for seg in f.segments:
-                if seg.part == index:
-                    found[f.path] = (f, seg)
+                found[seg.part][f.path] = (f, seg)
         return found
 
     @classmethod
-    def from_json(cls, raw: bytes, where: str) -> "Manifest":
+    def from_json(cls, raw: bytes, where: str) -> Manifest:
         try:
             data = json.loads(raw)
         except ValueError as exc:
@@ -142,7 +141,7 @@ class Manifest:
                 "pip install --upgrade colab_magics"
             )
         try:
-            return cls(
+            manifest = cls(
                 compression=_choice(data["compression"], ("none", "zstd")),
                 files=[
                     FileEntry(
@@ -169,6 +168,10 @@ class Manifest:
                     for p in data["parts"]
                 ],
             )
+            for f in manifest.files:
+                if any(not 0 <= seg.part < len(manifest.parts) for seg in f.segments):
+                    raise ValueError(f"{f.path!r} is in a part the manifest does not list")
+            return manifest
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{where}: manifest.json is malformed ({exc!r}); re-push the dataset") from exc
 

@@ -24,7 +24,7 @@ from . import localtree, remotes
 from .errors import BadInput, RemoteNotFound, UnsafeArchive, VerificationError
 from .events import EventBus
 from .extract import Extractor, check_symlink, extract_tar, extract_zip, safe_relpath
-from .manifest import MANIFEST_NAME, Manifest
+from .manifest import MANIFEST_NAME, FileEntry, Manifest, Segment
 from .runner import Rclone
 from .swap import replace_tree
 from .tarstream import TarStream
@@ -195,15 +195,16 @@ class _Stage:
         ex = Extractor(self.tree, f"packed dataset {self.src}")
         for d in manifest.dirs:
             ex.add_dir(safe_relpath(d.path, ex.what), d.mode)
+        members = manifest.members_by_part()
         already = [i for i in done if i < len(manifest.parts)]
         for i in already:
-            expected = manifest.files_in_part(i)
+            expected = members[i]
             job.add(sum(seg.length for _, seg in expected.values()), sum(map(_ends_file, expected.values())))
         todo = [i for i in range(len(manifest.parts)) if i not in done]
         lock = threading.Lock()
 
         def one(index: int) -> None:
-            self.extract_part(manifest, index, ex)
+            self.extract_part(manifest, index, members[index], ex)
             with lock:
                 progress["done"].append(index)
                 write_json(progress_file, progress)
@@ -227,9 +228,11 @@ class _Stage:
         ex.finish()
         return len(already)
 
-    def extract_part(self, manifest: Manifest, index: int, ex: Extractor) -> None:
+    def extract_part(
+        self, manifest: Manifest, index: int, expected: dict[str, tuple[FileEntry, Segment]], ex: Extractor
+    ) -> None:
+        """Stream part ``index`` into ``ex``; ``expected`` are its members by path."""
         part = manifest.parts[index]
-        expected = manifest.files_in_part(index)
         superseded = set(part.skip) - set(expected)
         where = f"{self.src}/{part.name}"
 

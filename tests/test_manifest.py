@@ -19,9 +19,15 @@ def _as_json_dumps_wrote(m: Manifest) -> bytes:
 
 def _random_manifest(rng: random.Random) -> Manifest:
     m = Manifest(rng.choice(["none", "zstd"]))
+    m.parts = [
+        PartEntry(rng.choice(NAMES), rng.randint(0, 10**12), rng.randbytes(16).hex(), rng.randint(0, 1000),
+                  rng.randint(0, 10**12), tuple(rng.choice(NAMES) for _ in range(rng.randint(0, 3))))
+        for _ in range(rng.randint(0, 3))
+    ]  # fmt: skip
     for i in range(rng.randint(0, 4)):
         segments = tuple(
-            Segment(rng.randint(0, 5), rng.randint(0, 2**40), rng.randint(0, 2**33)) for _ in range(rng.randint(0, 3))
+            Segment(rng.randrange(len(m.parts)), rng.randint(0, 2**40), rng.randint(0, 2**33))
+            for _ in range(rng.randint(0, 3) if m.parts else 0)
         )
         m.files.append(
             FileEntry(f"{rng.choice(NAMES)}{i}", rng.randint(0, 2**40), rng.randint(0, 0o7777),
@@ -29,11 +35,6 @@ def _random_manifest(rng: random.Random) -> Manifest:
         )  # fmt: skip
     m.dirs = [DirEntry(rng.choice(NAMES), rng.randint(0, 0o7777)) for _ in range(rng.randint(0, 3))]
     m.links = [LinkEntry(rng.choice(NAMES), rng.choice(NAMES)) for _ in range(rng.randint(0, 3))]
-    m.parts = [
-        PartEntry(rng.choice(NAMES), rng.randint(0, 10**12), rng.randbytes(16).hex(), rng.randint(0, 1000),
-                  rng.randint(0, 10**12), tuple(rng.choice(NAMES) for _ in range(rng.randint(0, 3))))
-        for _ in range(rng.randint(0, 3))
-    ]  # fmt: skip
     return m
 
 

@@ -162,9 +162,15 @@ def test_manifest_of_newer_format_or_malformed(tmp_path, staged):
     with pytest.raises(errors.ManifestError, match="not valid JSON"):
         cm.stage("ds", staged, force=True)
     data["version"] = 1
+    good_path = data["files"][0]["path"]
     data["files"][0]["path"] = "../escape"
     open(path, "w").write(json.dumps(data))
     with pytest.raises(errors.ManifestError, match="malformed"):
+        cm.stage("ds", staged, force=True)
+    data["files"][0]["path"] = good_path
+    data["files"][0]["segments"][0]["part"] = len(data["parts"])  # a part that is not there
+    open(path, "w").write(json.dumps(data))
+    with pytest.raises(errors.ManifestError, match="malformed.*a part the manifest does not list"):
         cm.stage("ds", staged, force=True)
 
 
