@@ -18,7 +18,7 @@ from .events import bus
 from .manifest import DEFAULT_PART_SIZE
 from .persist import MIN_EVERY, Persister
 from .push import push
-from .stage import stage
+from .stage import RESUME_HINT, stage
 from .text import ProgressPrinter
 from .units import parse_duration, parse_size
 
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         _quiet_stop(unsubscribe)
-        print("colab-magics: cancelled", file=sys.stderr)
+        print(f"colab-magics: {RESUME_HINT if args.command == 'stage' else 'cancelled'}", file=sys.stderr)
         return 130
     _quiet_stop(unsubscribe)
     print(result.summary())

@@ -25,7 +25,7 @@ from .manifest import DEFAULT_PART_SIZE
 from .panel import render_text
 from .persist import MIN_EVERY, Persister
 from .push import push
-from .stage import stage
+from .stage import RESUME_HINT, stage
 from .status import StatusBoard
 from .text import ProgressPrinter
 from .units import parse_duration, parse_size
@@ -155,7 +155,13 @@ class ColabMagics(Magics):
         """
         args: Any = self._parse(self.drive_stage, line)
         workers = self.workers if args.workers is None else args.workers
-        result = self._call(lambda: stage(args.source, args.dest, force=args.force, workers=workers, root=self._root()))
+        try:
+            result = self._call(
+                lambda: stage(args.source, args.dest, force=args.force, workers=workers, root=self._root())
+            )
+        except KeyboardInterrupt:
+            print(f"colab_magics: {RESUME_HINT}", file=sys.stderr)
+            raise
         print(result.summary())  # type: ignore[attr-defined]
 
     @magic_arguments()

@@ -57,6 +57,7 @@ def default_dest(source: str) -> Path:
     return Path(name)
 
 
+RESUME_HINT = "stage interrupted; dest is unchanged, and what was fetched is kept: run the same stage again to resume"
 MAX_WORKERS = 32  # beyond this, more requests at once only trip the remote's rate limits
 
 

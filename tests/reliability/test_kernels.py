@@ -74,8 +74,9 @@ def test_ctrl_c_during_drive_stage(tmp_path, no_loss, monkeypatch):
     remote, work, old, big = _old_data_and_a_big_dataset(tmp_path, monkeypatch)
     env = dict(kernel_env(tmp_path, remote), COLAB_MAGICS_RCLONE_FLAGS=SLOW)
     with running(work, env) as (km, kc):
-        reply, _, errors = _interrupt_after(km, kc, "%drive_stage big data --force", 2.0)
+        reply, text, errors = _interrupt_after(km, kc, "%drive_stage big data --force", 2.0)
         assert reply["content"]["status"] == "error" and errors[0]["ename"] == "KeyboardInterrupt"
+        assert "dest is unchanged" in text and "run the same stage again to resume" in text
         assert not _rclone_under(km)  # every rclone child stopped
         no_loss(snapshot(old), snapshot(work / "data"), "dest after Ctrl-C")  # dest unchanged
         run(kc, "%drive_stage big data --force", timeout=120)  # the re-run resumes and completes
