@@ -355,9 +355,10 @@ def _started(pid: int) -> int | None:
 
 
 def _alive_here(lock: dict) -> bool | None:
-    """Is the lock's owner a live process on this machine?  None when it is on another machine."""
+    """Is the lock's owner a live process on this machine?  None when that cannot tell: another
+    machine, or this very process (a persist here that was never stopped still lets its lock expire)."""
     pid = lock.get("pid")
-    if lock.get("host") != socket.gethostname() or not isinstance(pid, int):
+    if lock.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
         return None
     try:
         os.kill(pid, 0)

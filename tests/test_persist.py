@@ -140,6 +140,20 @@ def test_expired_lock_of_a_dead_kernel_does_not_block(tmp_path):
     p.stop()
 
 
+def test_lock_left_by_a_persist_of_this_process_expires(tmp_path):
+    abandoned = Persister(tmp_path / "out", every=3600, lock_ttl=1.0)
+    abandoned.start()
+    abandoned._stop.set()  # its thread ends without a final sync or a release, as if it were forgotten
+    abandoned._wake.set()
+    abandoned._thread.join(10)
+    with pytest.raises(errors.LockHeld, match="lock expires in"):
+        Persister(tmp_path / "out", every=3600).start()
+    time.sleep(1.2)
+    p = Persister(tmp_path / "out", every=3600)
+    p.start()  # same process, same pid: its expiry decides, not its liveness
+    p.stop()
+
+
 def _appending(path, stop, block=2048):
     with open(path, "ab") as fh:
         while not stop.is_set():
