@@ -87,7 +87,7 @@ class ColabMagics(Magics):
         """Run engine work with progress shown; expected failures become one UsageError line."""
         if self._widgets():
             self._show_panel()
-            unsubscribe = lambda: None
+            unsubscribe = lambda: None  # the panel follows the events itself
         else:
             unsubscribe = bus.subscribe(ProgressPrinter(sys.stdout))
         try:

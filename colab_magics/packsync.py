@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from collections import Counter
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from . import localtree, remotes
 from .errors import BadInput, RemoteNotFound, SourceChanged, TransferCancelled, VerificationError
 from .extract import check_symlink
+from .localtree import FileStat
 from .manifest import (
     DEFAULT_PART_SIZE,
     MANIFEST_NAME,
@@ -37,7 +38,6 @@ from .manifest import (
     PartEntry,
     Segment,
 )
-from .localtree import FileStat
 from .pack import Piece, plan, write_part
 from .transfer import Context, Result, quietly, short_id, verify_upload
 
@@ -148,7 +148,7 @@ class PackedSync:
 
         new_parts: list[tuple[PartEntry, list[Piece]]] = []
         torn: set[str] = set()
-        digests: dict[str, "hashlib._Hash"] = {}
+        digests: dict[str, hashlib._Hash] = {}
         taken: dict[str, FileStat] = {}  # each file as it was when read
         staging = remotes.join(self.dest, f".cm-upload-{self.push_id}")
         try:

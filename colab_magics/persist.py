@@ -5,8 +5,9 @@ sleep) to sync every ``every`` seconds, on :meth:`trigger`, and to refresh a loc
 remote that stops a second writer.  The lock's expiry is judged by wall clocks, which can
 be wrong or jump; so every commit also checks that the lock is still ours, and a kernel
 that was taken over stops syncing instead of overwriting the newer writer's manifest.
-Each sync is an incremental packed upload (:mod:`.packsync`) with copy semantics by default, and tolerant of files still being
-written: those keep their previous remote version and go up at the next sync.  The remote
+Each sync is an incremental packed upload (:mod:`.packsync`) with copy semantics by
+default, and tolerant of files still being written: those keep their previous remote
+version and go up at the next sync.  The remote
 therefore always holds a complete, verified version; a killed kernel loses at most one
 interval.
 """
@@ -164,6 +165,7 @@ class Persister:
         if raw is None:
             return None
         manifest = Manifest.from_json(raw, self.dest)
+        self._manifest = manifest  # the remote's state: start() need not read it again
         if not os.path.isdir(self.local) or not any(os.scandir(self.local)):
             result = stage(self.dest, self.local, force=True, rclone=self.rclone, events=self.events)
             self._remember(manifest)
@@ -194,7 +196,8 @@ class Persister:
         try:
             restored = self.restore() if restore else None
             os.makedirs(self.local, exist_ok=True)
-            self._manifest = PackedSync(ctx, self.local, self.dest, self.options).load_old()
+            if self._manifest is None:  # not read by the restore: also refuses a folder of other files
+                self._manifest = PackedSync(ctx, self.local, self.dest, self.options).load_old()
         except BaseException:
             self.lock.release(ctx)
             raise
@@ -258,14 +261,12 @@ class Persister:
             try:
                 if self._lost is not None:
                     raise self._lost
-                try:
-                    outcome = PackedSync(ctx, self.local, self.dest, options).run(
-                        self._manifest, fetch_old=False, before_commit=lambda: self.lock.check(ctx)
-                    )
-                except LockLost as exc:
-                    self._lost = exc
-                    raise
+                outcome = PackedSync(ctx, self.local, self.dest, options).run(
+                    self._manifest, fetch_old=False, before_commit=lambda: self.lock.check(ctx)
+                )
             except BaseException as exc:
+                if isinstance(exc, LockLost):
+                    self._lost = exc  # every later sync refuses at once
                 self._set(state="error", last_error=str(exc) or type(exc).__name__)
                 ctx.job.fail(str(exc) or type(exc).__name__)
                 raise

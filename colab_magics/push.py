@@ -82,10 +82,9 @@ def _result(ctx: Context, src: str, dest: str, kind: str, files: int, size: int,
 def _beside(dest: str, suffix: str) -> str:
     """A hidden temporary name next to ``dest`` (never inside it: rclone refuses to move a folder
     into itself), also when ``dest`` sits at the top of a remote or of the file system."""
-    head, path = dest.split(":", 1) if remotes.is_remote(dest) else ("", dest)
-    prefix = head + ":" if remotes.is_remote(dest) else ""
+    head, sep, path = dest.partition(":") if remotes.is_remote(dest) else ("", "", dest)
     parent, _, name = path.rstrip("/").rpartition("/")
-    return f"{prefix}{parent}/.{name}.{suffix}" if parent or path.startswith("/") else f"{prefix}.{name}.{suffix}"
+    return f"{head}{sep}{parent}/.{name}.{suffix}" if parent or path.startswith("/") else f"{head}{sep}.{name}.{suffix}"
 
 
 def _check_complete(ctx: Context, dest: str, planned: dict[str, FileStat], links: set[str], skip: set[str]) -> None:

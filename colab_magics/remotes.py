@@ -50,17 +50,15 @@ def resolve(name: str, root: str | None = None) -> str:
         raise BadInput("the remote path is empty; give a name such as datasets/flowers or gdrive:data")
     if name.startswith("/"):
         return name
-    if ":" in name and "/" not in name.split(":", 1)[0]:
-        head, path = name.split(":", 1)
-        if name.startswith(":"):  # a connection string, :backend[,option=value...]:path
-            backend, _, path = name[1:].partition(":")
-            if not backend.split(",", 1)[0] or not _:
-                raise BadInput(f"malformed remote {name!r}: {_FORMS}")
-            return os.path.abspath(path or ".") if backend == "local" else name
-        if not _REMOTE_NAME.fullmatch(head):
+    if name.startswith(":"):  # a connection string, :backend[,option=value...]:path
+        backend, sep, path = name[1:].partition(":")
+        if not sep or not backend.split(",", 1)[0]:
             raise BadInput(f"malformed remote {name!r}: {_FORMS}")
-        return name
-    if ":" in name:
+        return os.path.abspath(path or ".") if backend == "local" else name
+    head, sep, _ = name.partition(":")
+    if sep:  # NAME:path, or a local relative path that holds a colon after a "/"
+        if "/" not in head and not _REMOTE_NAME.fullmatch(head):
+            raise BadInput(f"malformed remote {name!r}: {_FORMS}")
         return name
     if ".." in name.split("/"):
         raise BadInput(f"{name!r} climbs out of the remote root with '..'; give a name inside it, or a full path")

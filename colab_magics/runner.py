@@ -295,10 +295,10 @@ class RcloneProcess:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None or self.proc.poll() is None:
-            self.stop()
+            self.stop()  # closes the pipes too
         else:
             self._forget()
-        self._close_pipes(self.proc.stdin, self.proc.stdout)
+            self._close_pipes(self.proc.stdin, self.proc.stdout)
 
 
 class Rclone:
