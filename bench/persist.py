@@ -75,6 +75,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 import psutil
+import results
 
 from colab_magics import runner
 from colab_magics.binary import find_rclone
@@ -780,36 +781,18 @@ def main() -> int:
     print(text, flush=True)
     if profile_text:
         print("\ncProfile of the background syncs (wall clock, persist thread only):\n" + profile_text)
-    elapsed = time.monotonic() - started
-    print(f"\n(benchmark took {elapsed:.0f} s)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    results = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": {
-            "seconds": args.seconds,
-            "ckpt_mib": args.ckpt_mib,
-            "ckpt_every": args.ckpt_every,
-            "every": args.every,
-            "work": args.work,
-            "order": order,
-            "remote": meta["remote_desc"],
-            "target_slowdown_pct": TARGET_SLOWDOWN,
-        },
-        "environment": {
-            "rclone": meta["rclone"],
-            "ipython": meta["ipython"],
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
-        "summary": summary,
-        "runs": runs,
-        "profile": profile_text,
-        "elapsed_s": elapsed,
-        "table": text,
+    config = {
+        "seconds": args.seconds,
+        "ckpt_mib": args.ckpt_mib,
+        "ckpt_every": args.ckpt_every,
+        "every": args.every,
+        "work": args.work,
+        "order": order,
+        "remote": meta["remote_desc"],
+        "target_slowdown_pct": TARGET_SLOWDOWN,
     }
-    args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"results written to {args.json}")
+    versions = {"rclone": meta["rclone"], "ipython": meta["ipython"]}
+    results.save(args.json, started, config, versions, summary=summary, runs=runs, profile=profile_text, table=text)
     return 0
 
 

@@ -59,6 +59,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+import results
 from servers import Server
 
 import colab_magics
@@ -607,39 +608,24 @@ def main() -> int:
     summary = report(rows, args, n, k, kd, memory, rclone_version)
     if profile_text:
         print("\n" + profile_text)
-    elapsed = time.monotonic() - started
-    print(f"\n(benchmark took {elapsed:.0f} s)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    results = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": {
-            "files": n,
-            "file_size": FILE_SIZE,
-            "folders": min(FOLDERS, n),
-            "upload_sample": k,
-            "download_sample": kd,
-            "repeats": args.repeats,
-            "client_flags": TPS,
-            "remote": "rclone serve webdav, pacer off",
-            "scaled_to": SCALE_TO,
-            "memory_mib": None if args.skip_memory else memory_mib,
-        },
-        "environment": {
-            "rclone": rclone_version,
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
-        "rows": [r.to_json() for r in sorted(rows.values(), key=lambda r: r.number)],
-        "upload_file_by_file_scaled_to_n_s": summary["upload_file_by_file_scaled_to_n_s"],
-        "targets": summary["targets"],
-        "memory": memory,
-        "profile": profile_text,
-        "elapsed_s": elapsed,
-        "table": summary["text"],
+    config = {
+        "files": n,
+        "file_size": FILE_SIZE,
+        "folders": min(FOLDERS, n),
+        "upload_sample": k,
+        "download_sample": kd,
+        "repeats": args.repeats,
+        "client_flags": TPS,
+        "remote": "rclone serve webdav, pacer off",
+        "scaled_to": SCALE_TO,
+        "memory_mib": None if args.skip_memory else memory_mib,
     }
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results written to {args.json}")
+    results.save(
+        args.json, started, config, {"rclone": rclone_version},
+        rows=[r.to_json() for r in sorted(rows.values(), key=lambda r: r.number)],
+        upload_file_by_file_scaled_to_n_s=summary["upload_file_by_file_scaled_to_n_s"],
+        targets=summary["targets"], memory=memory, profile=profile_text, table=summary["text"],
+    )  # fmt: skip
     return 0
 
 
