@@ -39,7 +39,7 @@ from .manifest import (
     Segment,
 )
 from .pack import Piece, plan, write_part
-from .transfer import Context, Result, quietly, short_id, verify_upload
+from .transfer import Context, Result, quietly, short_id
 
 STALE_SECONDS = 3600  # an unreferenced part older than this is a leftover of a killed upload
 LOCK_NAME = ".cm-lock.json"
@@ -331,12 +331,8 @@ class PackedSync:
         self.ctx.job.add(done_bytes=n)
 
     def _put_manifest(self, manifest: Manifest) -> None:
-        raw = manifest.to_json()
-        final = remotes.join(self.dest, MANIFEST_NAME)
-        tmp = final + f".cm-tmp-{self.push_id}"
-        self.ctx.rc.run("rcat", tmp, input=raw)
-        verify_upload(self.ctx, tmp, len(raw), hashlib.md5(raw).hexdigest())
-        self.ctx.run("moveto", tmp, final)
+        """Replace the manifest, proven: the parts the old one needs are removed only after this."""
+        self.ctx.replace(remotes.join(self.dest, MANIFEST_NAME), manifest.to_json())
 
     def _remove_unreferenced(self, manifest: Manifest, old: Manifest | None) -> None:
         """Delete our own parts the new manifest no longer needs (for good, not to Drive's Trash)."""

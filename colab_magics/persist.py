@@ -25,9 +25,10 @@ import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import localtree, remotes
-from .errors import ColabMagicsError, LockHeld, LockLost
+from .errors import ColabMagicsError, LockHeld, LockLost, VerificationError
 from .events import EventBus, Job
 from .manifest import DEFAULT_PART_SIZE, MANIFEST_NAME, FileEntry, Manifest
 from .packsync import LOCK_NAME, PackedSync, SyncOptions, SyncOutcome
@@ -40,14 +41,17 @@ DEFAULT_EVERY = 300.0
 MIN_EVERY = 1.0  # what the magics accept: every sync costs requests against the remote's quota
 LOCK_TTL = 90.0  # a killed kernel's lock blocks a new writer for at most this long
 
+Clock = Callable[[], float]  # wall-clock seconds; injected by tests so that expiry needs no sleeping
+
 
 class RemoteLock:
     """One writer per destination: ``.cm-lock.json`` with an owner and an expiry, refreshed."""
 
-    def __init__(self, rclone: Rclone, dest: str, ttl: float = LOCK_TTL) -> None:
+    def __init__(self, rclone: Rclone, dest: str, ttl: float = LOCK_TTL, clock: Clock = time.time) -> None:
         self.rclone = rclone
         self.path = remotes.join(dest, LOCK_NAME)
         self.ttl = ttl
+        self.clock = clock
         self.host = socket.gethostname()
         self.owner = f"{self.host} pid {os.getpid()} ({uuid.uuid4().hex[:8]})"
 
@@ -59,20 +63,19 @@ class RemoteLock:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def _write(self) -> None:
+    def _write(self, ctx: Context) -> None:
+        """Write the lock, proven: a refresh the server silently dropped would let the lock expire."""
         data = {
             "owner": self.owner, "host": self.host, "pid": os.getpid(), "started": _started(os.getpid()),
-            "expires": time.time() + self.ttl,
+            "expires": self.clock() + self.ttl,
         }  # fmt: skip
-        tmp = f"{self.path}.cm-tmp-{uuid.uuid4().hex[:8]}"
-        self.rclone.run("rcat", tmp, input=json.dumps(data).encode())
-        self.rclone.run("moveto", tmp, self.path)
+        ctx.replace(self.path, json.dumps(data).encode())
 
     def acquire(self, ctx: Context, steal: bool = False) -> None:
         """Take the lock unless another live writer holds it.  On this machine liveness is known
         exactly (the process and its start time); across machines the expiry decides."""
         held = self._read(ctx)
-        left = float(held.get("expires", 0)) - time.time()
+        left = float(held.get("expires", 0)) - self.clock()
         alive = _alive_here(held)
         if held.get("owner") not in (None, self.owner) and not steal and (alive or (alive is None and left > 0)):
             until = "while it runs on this machine" if alive else f"lock expires in {int(left) + 1}s"
@@ -80,9 +83,12 @@ class RemoteLock:
                 f"{self.path.rsplit('/', 1)[0]} is being persisted by {held['owner']} ({until}); "
                 "stop that persist first, wait, or take over with --steal-lock"
             )
-        self._write()
-        if self._read(ctx).get("owner") != self.owner:
-            raise LockHeld(f"another kernel took the lock on {self.path} at the same moment; try again")
+        try:
+            self._write(ctx)
+        except VerificationError:
+            if self._read(ctx).get("owner") not in (None, self.owner):
+                raise LockHeld(f"another kernel took the lock on {self.path} at the same moment; try again") from None
+            raise
 
     def check(self, ctx: Context) -> None:
         """Raise :class:`LockLost` when another kernel holds the lock now."""
@@ -95,7 +101,7 @@ class RemoteLock:
 
     def refresh(self, ctx: Context) -> None:
         self.check(ctx)
-        self._write()
+        self._write(ctx)
 
     def release(self, ctx: Context) -> None:
         if self._read(ctx).get("owner") == self.owner:
@@ -133,6 +139,7 @@ class Persister:
         rclone: Rclone | None = None,
         events: EventBus | None = None,
         lock_ttl: float = LOCK_TTL,
+        clock: Clock = time.time,
     ) -> None:
         self.local = os.path.abspath(os.fspath(local))
         self.dest = remotes.resolve(dest, root) if dest else default_remote_dest(self.local, root)
@@ -142,7 +149,8 @@ class Persister:
         self.rclone = rclone or Rclone()
         self.events = events
         self.name = f"persist {os.path.basename(self.local)}"
-        self.lock = RemoteLock(self.rclone, self.dest, lock_ttl)
+        self.clock = clock
+        self.lock = RemoteLock(self.rclone, self.dest, lock_ttl, clock)
         self._manifest: Manifest | None = None
         self._sync_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -275,7 +283,7 @@ class Persister:
             with self._state_lock:
                 s = self._status
                 s.state, s.last_error, s.pending = ("paused" if self._paused else "idle"), "", outcome.deferred
-                s.last_sync, s.syncs, s.last_result = time.time(), s.syncs + 1, outcome.result
+                s.last_sync, s.syncs, s.last_result = self.clock(), s.syncs + 1, outcome.result
             ctx.job.finish(outcome.result.summary())
             return outcome
 

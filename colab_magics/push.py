@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import tempfile
 import threading
 
 from . import localtree, remotes
-from .errors import BadInput, SourceChanged, VerificationError
+from .errors import BadInput, RemoteNotFound, SourceChanged, VerificationError
 from .events import EventBus
 from .localtree import FileStat
 from .manifest import DEFAULT_PART_SIZE
 from .packsync import PackedSync, SyncOptions
 from .runner import Rclone
-from .transfer import Context, Result, quietly, run_job, short_id, verify_upload
+from .transfer import Context, Result, quietly, read_json, run_job, short_id, state_dir, verify_upload, write_json
 
 
 def default_remote_dest(source: str, root: str | None = None) -> str:
@@ -110,11 +112,41 @@ def _push_file(ctx: Context, src: str, dest: str) -> Result:
             raise SourceChanged(f"{src} changed while it was being uploaded; push again once it is written")
         md5 = md5_file(src) if remotes.remote_info(ctx.rc, dest).md5 else None
         verify_upload(ctx, tmp, before.st_size, md5)
-        ctx.run("moveto", tmp, dest)
+        # --ignore-times: where the remote keeps no hashes or times, rclone would take an old file
+        # of the same size for this one, drop the upload and exit 0
+        ctx.run("moveto", tmp, dest, "--ignore-times")
+        verify_upload(ctx, dest, before.st_size, md5)
     except BaseException:
         quietly(ctx.rc, "deletefile", tmp)
         raise
     return _result(ctx, src, dest, "file", 1, before.st_size)
+
+
+class _PushJournal:
+    """What this machine last pushed to a plain folder: each entry's local state when it went up.
+
+    rclone decides "unchanged" by size and time, or hash; a remote with neither hashes nor
+    usable times (generic WebDAV) would make every same-size change look unchanged.  Where the
+    remote cannot tell, an entry whose local state differs from this record is sent anyway.
+    """
+
+    def __init__(self, dest: str) -> None:
+        key = hashlib.sha256(dest.encode()).hexdigest()[:24]
+        self.path = state_dir() / "pushed" / f"{key}.json"
+        self.dest = dest
+        data = read_json(self.path)
+        entries = data.get("entries") if data.get("dest") == dest else None
+        self.entries: dict[str, list] = entries if isinstance(entries, dict) else {}
+
+    def save(self, states: dict[str, list]) -> None:
+        write_json(self.path, {"dest": self.dest, "entries": states})
+
+
+def _local_states(tree: localtree.Tree) -> dict[str, list]:
+    """Each file's and symlink's state, by its name on the remote (links are stored as ``.rclonelink``)."""
+    states: dict[str, list] = {f.path: [f.size, f.mtime_ns] for f in tree.files}
+    states.update({path + ".rclonelink": ["link", target] for path, target in tree.links})
+    return states
 
 
 def _push_folder(ctx: Context, src: str, dest: str) -> Result:
@@ -129,48 +161,39 @@ def _push_folder(ctx: Context, src: str, dest: str) -> Result:
             ) from None
     snapshot = {f.path: f for f in tree.files}
     links = {path for path, _ in tree.links}
+    states = _local_states(tree)
+    journal = _PushJournal(dest)
     ctx.job.update(total_bytes=sum(f.size for f in snapshot.values()), total_files=len(snapshot))
     info = remotes.remote_info(ctx.rc, dest)
     tmp = _beside(dest, f"cm-upload-{short_id()}")
     # names as they are: without --no-unicode-normalization, NFC and NFD twins collide into one
-    args = ["copy", src, tmp, "--create-empty-src-dirs", "--links", "--no-unicode-normalization"]
-    args += ["--transfers", "8", "--checkers", "16"]
+    keep_names = ["--links", "--no-unicode-normalization"]
+    # a remote with hashes compares by them (sizes and 1 s times miss a same-size rewrite)
+    args = ["copy", src, tmp, "--create-empty-src-dirs", *keep_names, "--transfers", "8", "--checkers", "16"]
+    args += ["--checksum"] if info.hashes else []
     try:
         ctx.run("mkdir", dest)
-        args += ["--compare-dest", dest]
-        if info.modtime_precision_s is None and not info.hashes:
-            args.append("--ignore-times")  # the remote can tell neither times nor hashes: upload all
-        try:
-            ctx.run(*args, stats=True)
-            changed = []
-        except SourceChanged as exc:  # rclone saw them change and skipped them; the rest is uploaded
-            changed = [remotes.listed_name(p) for p in exc.paths]
-        listing = ctx.rc.json(
-            "lsjson", "-R", "--files-only", tmp, *(["--hash", "--hash-type", "md5"] if info.md5 else [])
-        )
-        uploaded = 0
-        for entry in listing or []:  # type: ignore[union-attr]
-            rel = remotes.listed_name(entry["Path"])
-            if rel.removesuffix(".rclonelink") in links:  # a symlink, stored as its target's text
-                continue
-            planned = snapshot.get(rel)
-            local = os.path.join(src, rel)
-            ok = planned is not None and entry["Size"] == planned.size
-            if ok:
-                st = os.stat(local)
-                ok = (st.st_size, st.st_mtime_ns) == (planned.size, planned.mtime_ns)
-            remote_md5 = (entry.get("Hashes") or {}).get("md5")
-            if ok and remote_md5:
-                ok = md5_file(local) == remote_md5
-            if not ok:
-                changed += [] if rel in changed else [rel]
-                ctx.run("deletefile", remotes.join(tmp, entry["Path"]))  # rclone reads its listed form back
-            else:
-                uploaded += 1
-        ctx.run("move", tmp, dest, "--create-empty-src-dirs", "--links", "--no-unicode-normalization")
+        there = _listing(ctx, dest, info.hashes[:1])
+        changed = _copy(ctx, *args, "--compare-dest", dest)
+        # what --compare-dest took for unchanged without being able to compare: same size and no hash
+        blind = [
+            name
+            for name, state in states.items()
+            if name in there and there[name] == (_remote_size(state), "") and journal.entries.get(name) != state
+        ]
+        if blind:
+            changed += _copy_listed(ctx, src, tmp, blind, keep_names)
+        uploaded, direct = _check_staged(ctx, src, tmp, snapshot, links, info.md5, changed)
+        if uploaded:
+            # --ignore-times: the staged files replace the old ones even where rclone cannot tell them apart
+            ctx.run("move", tmp, dest, "--create-empty-src-dirs", "--ignore-times", *keep_names)
+        if direct:  # names a server-side move may mangle go up straight to their place, then are checked
+            changed += _copy_listed(ctx, src, dest, direct, [*keep_names, "--ignore-times"])
+        uploaded += len(direct)
         _check_complete(ctx, dest, snapshot, links, set(changed))
     finally:
         quietly(ctx.rc, "purge", tmp)
+    journal.save({name: state for name, state in states.items() if name.removesuffix(".rclonelink") not in changed})
     if changed:
         raise SourceChanged(
             f"{len(changed)} file(s) changed while they were being uploaded (e.g. {changed[0]!r}) and were not "
@@ -178,3 +201,97 @@ def _push_folder(ctx: Context, src: str, dest: str) -> Result:
         )
     total = sum(f.size for f in snapshot.values())
     return _result(ctx, src, dest, "folder", uploaded or len(snapshot), total, up_to_date=not uploaded)
+
+
+# characters that URL and header handling on real servers gets wrong in a server-side move or copy
+_MOVE_UNSAFE = re.compile(r"[;#?%+&\\]")
+
+
+def _remote_size(state: list) -> int:
+    """The size an entry has on the remote: a symlink is stored as a file holding its target."""
+    return len(os.fsencode(state[1])) if state[0] == "link" else state[0]
+
+
+def _listing(ctx: Context, dest: str, hash_types: tuple[str, ...]) -> dict[str, tuple[int, str]]:
+    """The files at ``dest`` by name: (size, hash); the hash is "" where the remote has none for it."""
+    args = ["lsjson", "-R", "--files-only", dest]
+    args += ["--hash", "--hash-type", hash_types[0]] if hash_types else []
+    try:
+        listing = ctx.rc.json(*args)
+    except RemoteNotFound:
+        return {}
+    return {
+        remotes.listed_name(e["Path"]): (
+            e["Size"],
+            (e.get("Hashes") or {}).get(hash_types[0], "") if hash_types else "",
+        )
+        for e in listing or []  # type: ignore[union-attr]
+    }
+
+
+def _copy(ctx: Context, *args: str) -> list[str]:
+    """Run an upload; files that rclone saw change are returned (and skipped), the rest went up."""
+    try:
+        ctx.run(*args, stats=True)
+    except SourceChanged as exc:
+        return [remotes.listed_name(p) for p in exc.paths]
+    return []
+
+
+def _copy_listed(ctx: Context, src: str, dest: str, names: list[str], flags: list[str]) -> list[str]:
+    """Upload exactly ``names`` (as the remote names them) from ``src`` into ``dest``: one call for
+    all, and one each for the rare name with a line break, which a list of names cannot hold."""
+    listed = [n for n in names if "\n" not in n and "\r" not in n]
+    changed = []
+    for name in sorted(set(names) - set(listed)):
+        changed += _copy(ctx, "copyto", os.path.join(src, name), remotes.join(dest, name), *flags)
+    if not listed:
+        return changed
+    with tempfile.NamedTemporaryFile("wb", suffix=".txt", delete=False) as listfile:
+        listfile.write(b"".join(os.fsencode(name) + b"\n" for name in listed))
+    try:
+        return changed + _copy(ctx, "copy", src, dest, "--files-from-raw", listfile.name, "--no-traverse", *flags)
+    finally:
+        os.unlink(listfile.name)
+
+
+def _check_staged(
+    ctx: Context, src: str, tmp: str, snapshot: dict[str, FileStat], links: set[str], md5: bool, changed: list[str]
+) -> tuple[int, list[str]]:
+    """Check every staged file against the local one as it is now (size, time, MD5 where the remote
+    keeps it); drop and add to ``changed`` those that differ.
+
+    Returns how many are good to move, and the names to upload straight to dest instead: those a
+    server-side move is known to mangle (WsgiDAV's MOVE cuts a name at ``;``, moto's CopyObject
+    answers 404 for it, s3rver's for ``#`` and ``+``), which are dropped from ``tmp``.
+    """
+    try:
+        listing = ctx.rc.json("lsjson", "-R", "--files-only", tmp, *(["--hash", "--hash-type", "md5"] if md5 else []))
+    except RemoteNotFound:  # nothing needed uploading: the staging folder was never made
+        return 0, []
+    uploaded = 0
+    direct: list[str] = []
+    for entry in listing or []:  # type: ignore[union-attr]
+        rel = remotes.listed_name(entry["Path"])
+        if _MOVE_UNSAFE.search(rel):
+            direct.append(rel)
+            ctx.run("deletefile", remotes.join(tmp, entry["Path"]))
+            continue
+        if rel.removesuffix(".rclonelink") in links:  # a symlink, stored as its target's text
+            uploaded += 1
+            continue
+        planned = snapshot.get(rel)
+        local = os.path.join(src, rel)
+        ok = planned is not None and entry["Size"] == planned.size
+        if ok:
+            st = os.stat(local)
+            ok = (st.st_size, st.st_mtime_ns) == (planned.size, planned.mtime_ns)
+        remote_md5 = (entry.get("Hashes") or {}).get("md5")
+        if ok and remote_md5:
+            ok = md5_file(local) == remote_md5
+        if not ok:
+            changed += [] if rel in changed else [rel]
+            ctx.run("deletefile", remotes.join(tmp, entry["Path"]))  # rclone reads its listed form back
+        else:
+            uploaded += 1
+    return uploaded, direct

@@ -28,7 +28,7 @@ from .manifest import MANIFEST_NAME, FileEntry, Manifest, Segment
 from .runner import Rclone
 from .swap import replace_tree
 from .tarstream import TarStream
-from .transfer import Context, HashingReader, Result, read_json, run_job, state_dir, write_json
+from .transfer import Context, HashingReader, Result, read_json, run_job, short_id, state_dir, write_json
 
 ARCHIVES = {
     ".tar": "tar", ".tar.gz": "tar", ".tgz": "tar", ".tar.bz2": "tar", ".tbz2": "tar",
@@ -103,6 +103,8 @@ class _Stage:
         key = hashlib.sha256(os.fsencode(dest)).hexdigest()[:24]
         self.state_file = state_dir() / "staged" / f"{key}.json"
         self.t0 = time.monotonic()
+        self.listed: dict[str, int] = {}  # a plain folder's files as the probe listed them, with sizes
+        self.comparable = False  # can the remote tell a changed file by its listing (hashes or precise times)?
 
     # -- what is the source, and is dest already it? ------------------------------------------
     def probe(self) -> tuple[str, dict, Manifest | None, int]:
@@ -117,12 +119,19 @@ class _Stage:
             raise RemoteNotFound(f"{self.src} does not exist on the remote; check the name") from None
         assert isinstance(info, dict)
         if info.get("IsDir"):
-            listing = self.ctx.rc.json("lsjson", "-R", "--files-only", self.src) or []
+            remote = remotes.remote_info(self.ctx.rc, self.src)
+            hashed = ["--hash", "--hash-type", remote.hashes[0]] if remote.hashes else []
+            listing = self.ctx.rc.json("lsjson", "-R", "--files-only", self.src, *hashed) or []
             assert isinstance(listing, list)
             if not listing:  # bucket remotes show any missing path as an empty folder
                 raise RemoteNotFound(f"{self.src} is empty or does not exist on the remote; check the name")
-            rows = sorted((e["Path"], e["Size"], e["ModTime"]) for e in listing)
-            digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+            rows = sorted((e["Path"], e["Size"], e["ModTime"], e.get("Hashes") or {}) for e in listing)
+            self.listed = {remotes.listed_name(row[0]): row[1] for row in rows}
+            precise = remote.modtime_precision_s is not None and remote.modtime_precision_s <= 0.001
+            self.comparable = bool(remote.hashes) or precise
+            # where the remote keeps neither hashes nor precise times, no listing proves a folder unchanged
+            # (a same-size rewrite within its time resolution lists the same): never "up to date" there
+            digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest() if self.comparable else short_id()
             return "folder", {"listing": digest}, None, sum(r[1] for r in rows)
         kind = archive_kind(self.src)
         if kind is None:
@@ -261,7 +270,16 @@ class _Stage:
                     raise VerificationError(f"{rel!r} in {where} does not match its manifest hash; re-push the dataset")
                 self.ctx.job.add(done_files=_ends_file((entry, seg)))
 
-        _, reader = self.ctx.stream(remotes.join(self.src, part.name), consume)
+        path = remotes.join(self.src, part.name)
+        try:
+            _, reader = self.ctx.stream(path, consume)
+        except (RemoteNotFound, VerificationError):
+            if self._exists(path):  # (a bucket remote "cats" a missing object as nothing at all)
+                raise
+            raise VerificationError(
+                f"{self.src}/manifest.json lists {part.name}, which is not on the remote: the dataset is damaged "
+                "(a part was deleted or never arrived); push it again from a complete local copy"
+            ) from None
         if expected:
             missing = next(iter(expected))
             raise VerificationError(
@@ -269,6 +287,14 @@ class _Stage:
             )
         if reader.count != part.size or reader.md5.hexdigest() != part.md5:
             raise VerificationError(f"{where} does not match its manifest size or MD5; re-push the dataset")
+
+    def _exists(self, path: str) -> bool:
+        """Is there a file at ``path``?  (A bucket remote shows a missing object as an empty folder.)"""
+        try:
+            info = self.ctx.rc.json("lsjson", "--stat", path)
+        except RemoteNotFound:
+            return False
+        return isinstance(info, dict) and not info.get("IsDir")
 
     def finish_split_files(self, manifest: Manifest) -> None:
         """Files split across parts are hashed once all their segments are in."""
@@ -318,8 +344,16 @@ class _Stage:
 
     # -- plain folders --------------------------------------------------------------------------
     def fill_folder(self) -> str:
+        hashes = remotes.remote_info(self.ctx.rc, self.src).hashes
+        # unchanged files come from the old copy, not the network: hard links of it are laid in the
+        # work tree and rclone fetches only what differs (rclone replaces a file through a temporary
+        # name, so an old copy is never written through its link).  Only where the remote can tell
+        # a change: by size and coarse times, a same-size rewrite would pass for the old file.
+        reuse = self.dest.is_dir() and self.comparable
+        if reuse:
+            _link_files(self.dest, self.tree)
         args = [
-            "copy",
+            "sync" if reuse else "copy",  # sync: old files the remote no longer has are dropped
             self.src,
             str(self.tree),
             "--transfers",
@@ -329,19 +363,39 @@ class _Stage:
             "--create-empty-src-dirs",
             "--links",
             "--no-unicode-normalization",  # NFC and NFD twins are two files, as on the remote
+            *(["--checksum"] if reuse and hashes else []),
         ]
-        if self.dest.is_dir():
-            args += ["--copy-dest", str(self.dest)]  # unchanged files come from the old copy, not the network
         self.ctx.run(*args, stats=True)
         tree = localtree.scan(self.tree)
         for rel, target in tree.links:
             check_symlink(rel, target, f"folder {self.src}")
+        got = {f.path: f.size for f in tree.files} | {rel + ".rclonelink": -1 for rel, _ in tree.links}
+        missing = [p for p, size in self.listed.items() if got.get(p) not in (size, -1)]
+        if missing:  # a server whose folder-by-folder listing hides files the full listing showed
+            raise VerificationError(
+                f"{len(missing):,} of the {len(self.listed):,} files listed under {self.src} did not arrive "
+                f"(e.g. {missing[0]!r}); the server lists them inconsistently: stage again, or push them packed"
+            )
         if len(tree.files) >= FOLDER_HINT_FILES:
             return (
                 f"Tip: {len(tree.files):,} files were fetched one by one; pack them once with "
                 f"`colab-magics push <local copy> {self.src}.packed --pack` and stage that for a single stream"
             )
         return ""
+
+
+def _link_files(old: Path, tree: Path) -> None:
+    """Hard-link every regular file of ``old`` into ``tree`` where ``tree`` has nothing at its path yet
+    (a resumed stage keeps what it fetched); a copy where links cannot be made."""
+    for f in localtree.scan(old).files:
+        target = tree / f.path
+        if os.path.lexists(target):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(old / f.path, target)
+        except OSError:
+            shutil.copy2(old / f.path, target)
 
 
 def _ends_file(member: tuple) -> int:

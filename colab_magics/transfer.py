@@ -126,6 +126,40 @@ class Context:
             except FileNotFoundError:
                 return None
 
+    def replace(self, final: str, data: bytes) -> None:
+        """Put the small file ``data`` at ``final`` and prove it is there.
+
+        The final name holds the old or the new content, never a half: ``data`` goes up under a
+        temporary name, is checked, and is moved over ``final``.  The move needs ``--ignore-times``:
+        without it rclone compares the two files, and on a backend that keeps neither hashes nor
+        modification times (generic WebDAV: Apache, nginx, WsgiDAV) equal sizes make them "equal",
+        so it deletes the new file, keeps the old one and exits 0.  Whatever the backend claims, the
+        final name is then read back (its MD5 where the remote keeps one, else its bytes) and
+        compared with ``data``; callers remove nothing the old content needed until this returns.
+        """
+        tmp = f"{final}.cm-tmp-{short_id()}"
+        md5 = hashlib.md5(data).hexdigest()
+        try:
+            self.rc.run("rcat", tmp, input=data, cancel=self.cancel)
+            verify_upload(self, tmp, len(data), md5)
+            self.run("moveto", tmp, final, "--ignore-times")
+        except BaseException:
+            quietly(self.rc, "deletefile", tmp)
+            raise
+        if remote_info(self.rc, final).md5:
+            got = self.rc.json("lsjson", "--stat", "--hash", "--hash-type", "md5", final)
+            hashes = (got.get("Hashes") or {}) if isinstance(got, dict) else {}
+            same = isinstance(got, dict) and got.get("Size") == len(data) and hashes.get("md5") in (md5, None, "")
+            if same and not hashes.get("md5"):  # an object without a stored MD5: compare the bytes
+                same = self.read_optional(final) == data
+        else:
+            same = self.read_optional(final) == data
+        if not same:
+            raise VerificationError(
+                f"{final} does not hold what was just written to it (the server kept other content, or another "
+                "writer replaced it); nothing that its previous version needs was removed: try again"
+            )
+
     def stop_children(self) -> None:
         """Cancel: stop every child so that readers blocked on a pipe wake up."""
         self.cancel.set()

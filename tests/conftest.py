@@ -9,6 +9,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from servers import Server
+from thirdparty import ALL as THIRD_PARTY
+from thirdparty import ThirdPartyServer
 
 
 @dataclass
@@ -73,3 +75,30 @@ def ip():
     yield shell
     shell.run_line_magic("unload_ext", "colab_magics")
     InteractiveShell.clear_instance()
+
+
+@pytest.fixture(scope="session", params=sorted(THIRD_PARTY))
+def third_party_server(request, tmp_path_factory) -> ThirdPartyServer:
+    """Each independent server (WsgiDAV, Apache, moto, OpenSSH), started once for the session.
+
+    A server that cannot run here is skipped with the reason, except where
+    ``REQUIRE_THIRD_PARTY_SERVERS=1`` (CI installs them all) makes its absence a failure.
+    """
+    cls = THIRD_PARTY[request.param]
+    why = cls.missing()
+    if why:
+        if os.environ.get("REQUIRE_THIRD_PARTY_SERVERS") == "1":
+            pytest.fail(f"{why}; REQUIRE_THIRD_PARTY_SERVERS=1 requires it")
+        pytest.skip(why)
+    server = cls(tmp_path_factory.mktemp(request.param)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def foreign(request, third_party_server, monkeypatch) -> Remote:
+    """A fresh folder on one independent server; ``folder`` is None (check through the remote, not its disk)."""
+    for key, value in third_party_server.env().items():
+        monkeypatch.setenv(key, value)
+    name = request.node.name.split("[")[0][:40]
+    return Remote(third_party_server.name, third_party_server.root(name), None)  # type: ignore[arg-type]

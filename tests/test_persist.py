@@ -140,16 +140,28 @@ def test_expired_lock_of_a_dead_kernel_does_not_block(tmp_path):
     p.stop()
 
 
+class _Clock:
+    """A wall clock that moves only when told: lock expiry without sleeping, however busy the machine."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_lock_left_by_a_persist_of_this_process_expires(tmp_path):
-    abandoned = Persister(tmp_path / "out", every=3600, lock_ttl=1.0)
+    clock = _Clock()
+    abandoned = Persister(tmp_path / "out", every=3600, lock_ttl=60, clock=clock)
     abandoned.start()
     abandoned._stop.set()  # its thread ends without a final sync or a release, as if it were forgotten
     abandoned._wake.set()
     abandoned._thread.join(10)
-    with pytest.raises(errors.LockHeld, match="lock expires in"):
-        Persister(tmp_path / "out", every=3600).start()
-    time.sleep(1.2)
-    p = Persister(tmp_path / "out", every=3600)
+    clock.now += 59  # however long the rclone calls above took, the lock has 1 s left on this clock
+    with pytest.raises(errors.LockHeld, match=r"lock expires in [12]s"):
+        Persister(tmp_path / "out", every=3600, clock=clock).start()
+    clock.now += 2
+    p = Persister(tmp_path / "out", every=3600, clock=clock)
     p.start()  # same process, same pid: its expiry decides, not its liveness
     p.stop()
 
