@@ -33,6 +33,10 @@ class UnknownRemote(RcloneError):
     """The remote name is not configured."""
 
 
+class RemoteUnreachable(RcloneError):
+    """The remote stopped answering (refused, timed out, unknown host) for longer than allowed."""
+
+
 class QuotaError(RcloneError):
     """The remote refused because of a rate limit or a storage or transfer quota."""
 

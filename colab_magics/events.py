@@ -31,6 +31,15 @@ class Progress:
     eta: float | None = None
     done_files: int = 0
     total_files: int = 0
+    note: str = ""  # what holds the job up now, e.g. "remote unreachable, retrying (2)"
+
+
+def plausible_eta(eta: object, rate: float) -> float | None:
+    """An ETA, or None when it means nothing: nothing moving, or longer than two days (a stalled
+    transfer once showed "ETA 292 years")."""
+    if not isinstance(eta, (int, float)) or rate <= 0 or not 0 <= eta <= 2 * 86400:
+        return None
+    return float(eta)
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,7 @@ class Job:
         self._done_bytes = self._done_files = self._total_bytes = self._total_files = 0
         self._rate: float | None = None  # given by rclone's stats, else derived
         self._eta: float | None = None
+        self._note = ""
         self._last_publish = 0.0
 
     @property
@@ -179,8 +189,8 @@ class Job:
         if rate is None:
             rate = self._done_bytes / max(time.monotonic() - self._started, 1e-6)
             left = self._total_bytes - self._done_bytes
-            eta = left / rate if rate > 0 and self._total_bytes else None
-        return Progress(self._done_bytes, self._total_bytes, rate, eta, self._done_files, self._total_files)
+            eta = plausible_eta(left / rate, rate) if rate > 0 and self._total_bytes else None
+        return Progress(self._done_bytes, self._total_bytes, rate, eta, self._done_files, self._total_files, self._note)
 
     def _publish(self, kind: str, message: str = "") -> None:
         self._events.publish(Event(self.id, self.name, self.direction, kind, self.progress, message))
@@ -206,9 +216,12 @@ class Job:
         total_files: int | None = None,
         rate: float | None = None,
         eta: float | None = None,
+        note: str | None = None,
     ) -> None:
         """Set progress fields (rate and ETA are derived from bytes unless given) and publish."""
         with self._lock:
+            if note is not None:
+                self._note = note
             if done_bytes is not None:
                 self._done_bytes = done_bytes
             if total_bytes is not None:
@@ -219,7 +232,7 @@ class Job:
                 self._total_files = total_files
             if rate is not None:
                 self._rate, self._eta = rate, eta
-        self._maybe_publish(force=total_bytes is not None or total_files is not None)
+        self._maybe_publish(force=total_bytes is not None or total_files is not None or note is not None)
 
     def add(self, done_bytes: int = 0, done_files: int = 0) -> None:
         """Count more bytes and files done (thread-safe, for parallel workers)."""

@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -39,9 +39,9 @@ from .manifest import (
     Segment,
 )
 from .pack import Piece, plan, write_part
-from .transfer import Context, Result, quietly, short_id
+from .runner import RcloneProcess
+from .transfer import STALE_SECONDS, Context, Result, age, quietly, short_id, sweep
 
-STALE_SECONDS = 3600  # an unreferenced part older than this is a leftover of a killed upload
 LOCK_NAME = ".cm-lock.json"
 _OURS = ("parts", MANIFEST_NAME, LOCK_NAME)
 
@@ -166,8 +166,8 @@ class PackedSync:
             self._put_manifest(manifest)
         except BaseException:
             quietly(self.ctx.rc, "purge", staging)
-            for entry, _ in new_parts:
-                quietly(self.ctx.rc, "deletefile", remotes.join(self.dest, entry.name))
+            if new_parts:  # published but never named by a manifest: ours to remove
+                self._delete_parts({entry.name for entry, _ in new_parts}, quiet=True)
             raise
         self._remove_unreferenced(manifest, old)
         moved = sum(taken[p].size for p in to_upload if p in taken and p not in torn)
@@ -274,12 +274,11 @@ class PackedSync:
         """Stream one part into the staging folder; its final name comes in :meth:`_publish_parts`."""
         name = self._part_name(old, serial)
         tmp = remotes.join(staging, name.split("/", 1)[1])
-        sink = _Sink()
         # where the remote keeps MD5s, _publish_parts checks ours against the remote's: rclone's own
         # check of the same hash would hash every byte twice more (half of rclone's CPU for a big file)
         once = ["--ignore-checksum"] if self.info.md5 else []
         with self.ctx.start("rcat", tmp, *once, stdin=subprocess.PIPE) as proc:
-            sink.pipe = proc.stdin
+            sink = _Sink(proc, self.ctx.cancel)
             try:
                 if self.opt.compression == "zstd":
                     import zstandard
@@ -342,28 +341,29 @@ class PackedSync:
             listing = self.ctx.rc.json("lsjson", "-R", "--files-only", remotes.join(self.dest, "parts"))
         except RemoteNotFound:
             listing = []
-        now = datetime.now(timezone.utc)
+        now = time.time()
         for entry in listing or []:  # type: ignore[union-attr]
             name = "parts/" + remotes.listed_name(entry["Path"])
-            if name not in keep and _age(entry.get("ModTime"), now) > STALE_SECONDS:
+            if name not in keep and age(name, entry.get("ModTime"), now) > STALE_SECONDS:
                 doomed.add(name)
-        try:
-            top = self.ctx.rc.json("lsjson", "--max-depth", "1", "--dirs-only", self.dest)
-        except RemoteNotFound:
-            top = []
-        for entry in top or []:  # type: ignore[union-attr]
-            if entry["Path"].startswith(".cm-upload-") and _age(entry.get("ModTime"), now) > STALE_SECONDS:
-                quietly(self.ctx.rc, "purge", remotes.join(self.dest, entry["Path"]))
-        if not doomed:
-            return
+        sweep(self.ctx, self.dest, _temporary)
+        if doomed:
+            self._delete_parts(doomed)
+            quietly(self.ctx.rc, "rmdirs", remotes.join(self.dest, "parts"), "--leave-root")
+
+    def _delete_parts(self, names: set[str], quiet: bool = False) -> None:
+        """Delete our own parts in one call (for good, not to Drive's Trash); ``quiet``: one brief try
+        that never raises, for the clean-up after a failure."""
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as listfile:
-            listfile.write("".join(n + "\n" for n in sorted(doomed)))
+            listfile.write("".join(n + "\n" for n in sorted(names)))
         try:
             args = ["delete", self.dest, "--files-from-raw", listfile.name]
             if self.info.type == "drive":
                 args.append("--drive-use-trash=false")
-            self.ctx.run(*args)
-            quietly(self.ctx.rc, "rmdirs", remotes.join(self.dest, "parts"), "--leave-root")
+            if quiet:
+                quietly(self.ctx.rc, *args)
+            else:
+                self.ctx.run(*args)
         finally:
             Path(listfile.name).unlink(missing_ok=True)
 
@@ -372,28 +372,19 @@ def _temporary(name: str) -> bool:
     return ".cm-tmp" in name or name.startswith(".cm-upload-")
 
 
-def _age(modtime: str | None, now: datetime) -> float:
-    if not modtime:
-        return 0.0
-    try:
-        stamp = datetime.fromisoformat(modtime.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    return (now - stamp).total_seconds()
-
-
 class _Sink:
     """Write end of ``rclone rcat``: counts and hashes (MD5) the part as it goes up."""
 
-    def __init__(self) -> None:
-        self.pipe = None
+    def __init__(self, proc: RcloneProcess, cancel: threading.Event) -> None:
+        self.proc = proc
+        self.cancel = cancel
         self.md5 = hashlib.md5()
         self.count = 0
 
     def write(self, data: bytes) -> int:
         self.md5.update(data)
         self.count += len(data)
-        self.pipe.write(data)  # type: ignore[union-attr]
+        self.proc.feed(data, self.cancel)
         return len(data)
 
     def flush(self) -> None:

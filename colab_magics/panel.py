@@ -57,6 +57,8 @@ def describe(row: Row, now: float | None = None) -> str:
             bits.append(f"ETA {humanize.naturaldelta(p.eta)}")
         if p.total_files:
             bits.append(f"{p.done_files:,}/{p.total_files:,} files")
+        if p.note:
+            bits.append(p.note)
     elif row.state == DONE and row.summary:
         bits.append(_WHERE.sub(" in ", row.summary, count=1))  # the row already says which job
     bits.append(f"last success {_ago(age(row.last_success, now))}")

@@ -22,7 +22,18 @@ from .localtree import FileStat
 from .manifest import DEFAULT_PART_SIZE
 from .packsync import PackedSync, SyncOptions
 from .runner import Rclone
-from .transfer import Context, Result, quietly, read_json, run_job, short_id, state_dir, verify_upload, write_json
+from .transfer import (
+    Context,
+    Result,
+    quietly,
+    read_json,
+    run_job,
+    short_id,
+    state_dir,
+    sweep,
+    verify_upload,
+    write_json,
+)
 
 
 def default_remote_dest(source: str, root: str | None = None) -> str:
@@ -81,12 +92,24 @@ def _result(ctx: Context, src: str, dest: str, kind: str, files: int, size: int,
 
 
 # -- plain mode ------------------------------------------------------------------------------
-def _beside(dest: str, suffix: str) -> str:
-    """A hidden temporary name next to ``dest`` (never inside it: rclone refuses to move a folder
-    into itself), also when ``dest`` sits at the top of a remote or of the file system."""
+def _parent(dest: str) -> tuple[str, str]:
+    """(the folder that holds ``dest``, its name), also at the top of a remote or of the file system."""
     head, sep, path = dest.partition(":") if remotes.is_remote(dest) else ("", "", dest)
     parent, _, name = path.rstrip("/").rpartition("/")
-    return f"{head}{sep}{parent}/.{name}.{suffix}" if parent or path.startswith("/") else f"{head}{sep}.{name}.{suffix}"
+    return f"{head}{sep}{parent or ('/' if path.startswith('/') else '')}", name
+
+
+def _beside(dest: str, suffix: str) -> str:
+    """A hidden temporary name next to ``dest`` (never inside it: rclone refuses to move a folder
+    into itself)."""
+    parent, name = _parent(dest)
+    return remotes.join(parent, f".{name}.{suffix}")
+
+
+def _sweep_beside(ctx: Context, dest: str) -> None:
+    """Remove what killed plain pushes to ``dest`` left beside it (``.NAME.cm-upload-*``, ``NAME.cm-tmp-*``)."""
+    parent, name = _parent(dest)
+    sweep(ctx, parent, lambda n: n.startswith((f".{name}.cm-upload-", f"{name}.cm-tmp-")))
 
 
 def _check_complete(ctx: Context, dest: str, planned: dict[str, FileStat], links: set[str], skip: set[str]) -> None:
@@ -119,6 +142,7 @@ def _push_file(ctx: Context, src: str, dest: str) -> Result:
     except BaseException:
         quietly(ctx.rc, "deletefile", tmp)
         raise
+    _sweep_beside(ctx, dest)
     return _result(ctx, src, dest, "file", 1, before.st_size)
 
 
@@ -193,6 +217,7 @@ def _push_folder(ctx: Context, src: str, dest: str) -> Result:
         _check_complete(ctx, dest, snapshot, links, set(changed))
     finally:
         quietly(ctx.rc, "purge", tmp)
+    _sweep_beside(ctx, dest)
     journal.save({name: state for name, state in states.items() if name.removesuffix(".rclonelink") not in changed})
     if changed:
         raise SourceChanged(

@@ -19,9 +19,12 @@ import os
 import re
 import select
 import shlex
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import IO, Callable
@@ -34,13 +37,15 @@ from .errors import (
     QuotaError,
     RcloneError,
     RemoteNotFound,
+    RemoteUnreachable,
     SourceChanged,
     TransferCancelled,
     UnknownRemote,
 )
-from .events import Progress
+from .events import Progress, plausible_eta
 
 StatsCallback = Callable[[Progress], None]
+NoteCallback = Callable[[str], None]  # what holds a child up now ("" once it moves again)
 
 _live: set[RcloneProcess] = set()
 _live_lock = threading.Lock()
@@ -92,6 +97,92 @@ def extra_flags() -> list[str]:
     return shlex.split(os.environ.get("COLAB_MAGICS_RCLONE_FLAGS", ""))
 
 
+UNREACHABLE_TIMEOUT = 60.0
+
+
+def unreachable_timeout() -> float:
+    """Seconds a remote may stay unreachable before a call gives up (``COLAB_MAGICS_UNREACHABLE_TIMEOUT``)."""
+    raw = os.environ.get("COLAB_MAGICS_UNREACHABLE_TIMEOUT", "")
+    try:
+        value = float(raw) if raw.strip() else UNREACHABLE_TIMEOUT
+    except ValueError:
+        return UNREACHABLE_TIMEOUT
+    return value if value > 0 else UNREACHABLE_TIMEOUT
+
+
+# answers that mean the server is gone, not that it refused this request
+_NETWORK = re.compile(
+    r"connection refused|no such host|i/o timeout|connection reset|network is unreachable|no route to host|"
+    r"context deadline exceeded|timeout|timed out|unexpected EOF|server misbehaving|broken pipe",
+    re.IGNORECASE,
+)
+# one brief try (a probe, a clean-up): a short connect and I/O timeout, no retries (the S3 backend's
+# AWS SDK takes its attempts from --low-level-retries, so this also ends its 10 tries in each of rclone's)
+FAIL_FAST = ["--contimeout", "5s", "--timeout", "10s", "--low-level-retries", "1", "--retries", "1"]
+
+
+class Reachability:
+    """Tells a remote that is slow from one that is gone, for one running child.
+
+    rclone retries a dead server for minutes (a packed push against a killed S3 endpoint took 893 s
+    to fail, from the AWS SDK's retries inside rclone's), and a slow one (a big listing on Drive)
+    shows no progress for as long.  So a child that shows no sign of life for ``quiet`` seconds gets
+    its remote probed with one short request; a remote that answers anything (even "not found") is
+    alive and the child goes on; one that has shown no life for ``limit`` seconds while every probe
+    failed to reach it ends the child with :class:`RemoteUnreachable`.
+    """
+
+    QUIET = 10.0
+    PROBE_EVERY = 10.0
+
+    def __init__(
+        self,
+        probe: Callable[[], str | None],
+        limit: float,
+        on_note: NoteCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._probe = probe  # None when the remote answered, else the network error in a few words
+        self.limit = limit
+        self._on_note = on_note
+        self._clock = clock
+        self._last_life = clock()
+        self._next_probe = 0.0
+        self.failures = 0
+        self.reason = ""
+
+    def alive(self) -> None:
+        """The child moved (bytes or files): the remote is there."""
+        self._last_life = self._clock()
+
+    def check(self) -> None:
+        """Probe when due; raise :class:`RemoteUnreachable` once the remote has been gone too long."""
+        now = self._clock()
+        if now - self._last_life < self.QUIET or now < self._next_probe:
+            return
+        reason = self._probe()
+        self._next_probe = self._clock() + self.PROBE_EVERY
+        if reason is None:
+            self._last_life = self._clock()
+            if self.failures:
+                self.failures, self.reason = 0, ""
+                self._note("")
+            return
+        self.failures += 1
+        self.reason = reason
+        self._note(f"remote unreachable, retrying ({self.failures})")
+        if self._clock() - self._last_life >= self.limit:
+            raise RemoteUnreachable(
+                f"the remote has not answered for {int(self.limit)}s ({reason}); check the server or the network "
+                "and run again: what is on the remote was left as it was (the wait is "
+                "COLAB_MAGICS_UNREACHABLE_TIMEOUT)"
+            )
+
+    def _note(self, text: str) -> None:
+        if self._on_note is not None:
+            self._on_note(text)
+
+
 class RcloneProcess:
     """One running rclone child: argv, stats thread, staged stop, typed errors."""
 
@@ -103,20 +194,32 @@ class RcloneProcess:
         stdout: int | IO[bytes] | None = subprocess.PIPE,
         on_stats: StatsCallback | None = None,
         env: dict[str, str] | None = None,
+        reach: Reachability | None = None,
     ) -> None:
         self.argv = list(argv)
         self._on_stats = on_stats
+        self.reach = reach
+        # a temporary folder of its own, removed when it ends: where a backend cannot stream an upload
+        # (WebDAV servers without PutStream), rclone spools it whole to $TMPDIR, and a killed rclone
+        # would leave that copy behind
+        self._spool = tempfile.mkdtemp(prefix="cm-rclone-")
+        env = {**(env if env is not None else os.environ), "TMPDIR": self._spool}
+        self._moved = (0, 0, 0)  # bytes, transfers, checks in the last stats line: signs of life
         self.errors: list[str] = []
         self._tail: deque[str] = deque(maxlen=20)
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=stdin if stdin is not None else subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            env=env,
-            # its own session: the terminal's Ctrl-C reaches us, and we stop the child in order
-            start_new_session=True,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                env=env,
+                # its own session: the terminal's Ctrl-C reaches us, and we stop the child in order
+                start_new_session=True,
+            )
+        except BaseException:
+            shutil.rmtree(self._spool, ignore_errors=True)
+            raise
         try:  # Linux 5.3+: a descriptor that becomes readable when the child exits
             self._pidfd: int | None = os.pidfd_open(self.proc.pid)  # type: ignore[attr-defined]
         except (AttributeError, OSError):
@@ -131,6 +234,33 @@ class RcloneProcess:
         assert self.proc.stdin is not None
         return self.proc.stdin
 
+    def feed(self, data: bytes, cancel: threading.Event | None = None) -> None:
+        """Write ``data`` to the child's stdin without ever blocking for good.
+
+        A child that stops reading (its server hung mid-upload) would block a plain write forever,
+        deaf to a cancel and to the watchdog; here each wait for room is short, and between waits
+        the cancel event and the remote's reachability are checked.  Data taken is a sign of life.
+        """
+        fd = self.stdin.fileno()
+        if os.get_blocking(fd):
+            os.set_blocking(fd, False)
+        view = memoryview(data)
+        while view:
+            try:
+                taken = os.write(fd, view)
+            except BlockingIOError:
+                taken = 0
+            if taken:
+                view = view[taken:]
+                if self.reach is not None:
+                    self.reach.alive()
+                continue
+            select.select([], [fd], [], 0.1)
+            if cancel is not None and cancel.is_set():
+                raise TransferCancelled("transfer cancelled")
+            if self.reach is not None:
+                self.reach.check()
+
     @property
     def stdout(self) -> IO[bytes]:
         assert self.proc.stdout is not None
@@ -144,15 +274,20 @@ class RcloneProcess:
                 continue
             valid, parsed = extract_rclone_progress(line)
             if valid and parsed is not None:
+                s = parsed["rclone_output"]
+                moved = (int(s.get("bytes", 0)), int(s.get("transfers", 0)), int(s.get("checks", 0)))
+                if moved != self._moved and self.reach is not None:
+                    self.reach.alive()
+                self._moved = moved
                 if self._on_stats is not None:
-                    s = parsed["rclone_output"]
+                    rate = float(s.get("speed", 0.0))
                     self._on_stats(
                         Progress(
-                            done_bytes=int(s.get("bytes", 0)),
+                            done_bytes=moved[0],
                             total_bytes=int(s.get("totalBytes", 0)),
-                            rate=float(s.get("speed", 0.0)),
-                            eta=s.get("eta"),
-                            done_files=int(s.get("transfers", 0)),
+                            rate=rate,
+                            eta=plausible_eta(s.get("eta"), rate),
+                            done_files=moved[1],
                             total_files=int(s.get("totalTransfers", 0)),
                         )
                     )
@@ -168,7 +303,7 @@ class RcloneProcess:
             except ValueError:
                 self._tail.append(line)
 
-    def _exited_within(self, timeout: float) -> bool:
+    def exited_within(self, timeout: float) -> bool:
         """Block until the child exits or ``timeout`` passes; wakes at once on exit (pidfd)."""
         pidfd = self._pidfd
         if pidfd is not None:
@@ -186,10 +321,12 @@ class RcloneProcess:
     def wait(self, cancel: threading.Event | None = None) -> int:
         """Wait for exit; Ctrl-C or ``cancel`` stops the child and raises."""
         try:
-            while not self._exited_within(0.1):
+            while not self.exited_within(0.1):
                 if cancel is not None and cancel.is_set():
                     self.stop()
                     raise TransferCancelled("transfer cancelled")
+                if self.reach is not None:
+                    self.reach.check()  # raises (and so stops the child) once the remote is gone too long
             rc = self.proc.wait()
         except BaseException:
             self.stop()
@@ -254,8 +391,10 @@ class RcloneProcess:
             return RemoteNotFound(f"not found on the remote: {text}", exit_code=rc, stderr=stderr)
         return RcloneError(f"rclone {command} failed (exit {rc}): {text}", exit_code=rc, stderr=stderr)
 
-    def stop(self, grace: float = 3.0) -> None:
-        """Stop the child in stages: interrupt, terminate, kill; close its pipes."""
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop the child in stages: interrupt, terminate, kill; close its pipes.  ``grace`` per stage:
+        enough for rclone to abort an upload on a live server, short enough that a Ctrl-C with the
+        server gone ends in seconds."""
         if self.proc.poll() is None:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
                 try:
@@ -273,6 +412,7 @@ class RcloneProcess:
 
     def _forget(self) -> None:
         """Drop the child from the live set and close its descriptors now, not at garbage collection."""
+        shutil.rmtree(self._spool, ignore_errors=True)
         with _live_lock:
             _live.discard(self)
             if self._pidfd is not None:
@@ -304,9 +444,12 @@ class RcloneProcess:
 class Rclone:
     """Builds argv for one rclone binary and starts or runs children with it."""
 
-    def __init__(self, binary: str | None = None, flags: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, binary: str | None = None, flags: Sequence[str] | None = None, patience: float | None = None
+    ) -> None:
         self.binary = binary or find_rclone()
         self.flags = list(flags) if flags is not None else extra_flags()
+        self.patience = patience if patience is not None else unreachable_timeout()
 
     def argv(self, args: Sequence[str], stats: bool = False) -> list[str]:
         base = [self.binary, *args, "--use-json-log", *self.flags]
@@ -320,25 +463,49 @@ class Rclone:
         stdin: int | None = None,
         stdout: int | IO[bytes] | None = subprocess.PIPE,
         on_stats: StatsCallback | None = None,
+        on_note: NoteCallback | None = None,
     ) -> RcloneProcess:
-        """Start ``rclone args...``; the caller owns the returned process."""
-        return RcloneProcess(self.argv(args, stats=on_stats is not None), stdin=stdin, stdout=stdout, on_stats=on_stats)
+        """Start ``rclone args...``; the caller owns the returned process.  A child that works on a
+        remote is watched: if that remote stops answering for ``patience`` seconds, it is stopped."""
+        remote = _remote_in(args)
+        reach = None
+        if remote is not None:
+            reach = Reachability(lambda: self.probe(remote), self.patience, on_note)
+        return RcloneProcess(
+            self.argv(args, stats=on_stats is not None), stdin=stdin, stdout=stdout, on_stats=on_stats, reach=reach
+        )
+
+    def probe(self, path: str) -> str | None:
+        """One short request to the remote that holds ``path``: None if it answered at all (even "not
+        found"), else its network error in a few words."""
+        with RcloneProcess(self.argv(["lsjson", "--stat", path, *FAIL_FAST])) as p:
+            if not p.exited_within(15):  # the flags bound most backends; a hung S3 endpoint needs this
+                p.stop(grace=1.0)
+                return "no answer within 15s"
+            rc = p.wait()
+            if rc == 0:
+                return None
+            stderr = " ".join(p.errors + list(p._tail))
+            found = _NETWORK.search(stderr)
+            return found.group(0).lower() if found else None
 
     def run(
         self,
         *args: str,
         input: bytes | None = None,
         on_stats: StatsCallback | None = None,
+        on_note: NoteCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> bytes:
         """Run to completion and return stdout; raise the typed error on failure."""
         out = bytearray()
-        with self.start(*args, stdin=subprocess.PIPE if input is not None else None, on_stats=on_stats) as p:
+        stdin = subprocess.PIPE if input is not None else None
+        with self.start(*args, stdin=stdin, on_stats=on_stats, on_note=on_note) as p:
             collector = threading.Thread(target=lambda: out.extend(p.stdout.read()), daemon=True)
             collector.start()
             if input is not None:
                 try:
-                    p.stdin.write(input)
+                    p.feed(input, cancel)
                     p.stdin.close()
                 except BrokenPipeError:
                     pass
@@ -349,6 +516,17 @@ class Rclone:
     def json(self, *args: str) -> object:
         """Run a command that prints JSON (lsjson, backend features, ...)."""
         return json.loads(self.run(*args) or b"null")
+
+
+def _remote_in(args: Sequence[str]) -> str | None:
+    """The first remote path among a command's arguments (``name:...`` or ``:backend:...``), if any."""
+    for arg in args[1:]:
+        if arg.startswith("-") or arg.startswith("/") or ":" not in arg:
+            continue
+        head = arg.split(":", 1)[0]
+        if "/" not in head:
+            return arg
+    return None
 
 
 def stop_all() -> None:

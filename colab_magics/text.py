@@ -26,6 +26,8 @@ def progress_line(name: str, p: Progress) -> str:
         parts.append("ETA " + humanize.naturaldelta(p.eta))
     if p.total_files:
         parts.append(f"{p.done_files:,}/{p.total_files:,} files")
+    if p.note:
+        parts.append(p.note)
     return "  ".join(parts)
 
 

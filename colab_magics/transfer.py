@@ -5,22 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tarfile
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Callable, TypeVar
 
 import humanize
 import platformdirs
 
-from .errors import RemoteNotFound, TransferCancelled, VerificationError
+from . import remotes
+from .errors import ColabMagicsError, RemoteNotFound, TransferCancelled, VerificationError
 from .events import EventBus, Job, Progress
 from .remotes import remote_info
-from .runner import Rclone, RcloneProcess
+from .runner import FAIL_FAST, Rclone, RcloneProcess
 
 T = TypeVar("T")
 
@@ -98,14 +101,17 @@ class Context:
             done_files=p.done_files, total_files=p.total_files,
         )  # fmt: skip
 
+    def on_note(self, note: str) -> None:
+        self.job.update(note=note)
+
     def start(self, *args: str, stdin: int | None = None) -> RcloneProcess:
-        p = self.rc.start(*args, stdin=stdin)
+        p = self.rc.start(*args, stdin=stdin, on_note=self.on_note)
         with self._lock:
             self._procs.append(p)
         return p
 
     def run(self, *args: str, stats: bool = False) -> bytes:
-        return self.rc.run(*args, on_stats=self.on_stats if stats else None, cancel=self.cancel)
+        return self.rc.run(*args, on_stats=self.on_stats if stats else None, on_note=self.on_note, cancel=self.cancel)
 
     def read_optional(self, path: str) -> bytes | None:
         """Content of the small remote file ``path``, or None where it does not exist.
@@ -252,10 +258,18 @@ class Result:
         return line + (f". {self.note}" if self.note else "")
 
 
-def quietly(rclone: Rclone, *args: str) -> None:
-    """Run a clean-up command of our own temporary files; its failure must not hide the real error."""
+CLEANUP_SECONDS = 1.5  # per clean-up call: a Ctrl-C must end in seconds even with the server gone
+
+
+def quietly(rclone: Rclone, *args: str, within: float = CLEANUP_SECONDS) -> None:
+    """Clean up our own temporary files with one brief try: its failure must not hide the real error,
+    and a dead server must not hold up a Ctrl-C.  What it leaves, the next run sweeps away."""
     try:
-        rclone.run(*args)
+        with rclone.start(*args, *FAIL_FAST) as p:
+            if p.exited_within(within):
+                p.wait()
+            else:
+                p.stop(grace=0.5)
     except Exception:
         pass
 
@@ -299,4 +313,35 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def short_id() -> str:
-    return f"{int(time.time()):x}{os.urandom(3).hex()}"
+    """A unique name part that also says when it was made (8 hex digits of Unix time, 6 random)."""
+    return f"{int(time.time()):08x}{os.urandom(3).hex()}"
+
+
+STALE_SECONDS = 3600.0  # a temporary file of ours older than this was left by a killed or cut-off run
+_STAMPED = re.compile(r"(?:cm-upload-|cm-tmp-|part-)([0-9a-f]{8})[0-9a-f]{6}")
+
+
+def age(name: str, modtime: str | None, now: float) -> float:
+    """How old a file of ours is: from the time in its name (:func:`short_id`), else its listed
+    modification time (a bucket remote lists any folder as made just now; 0 when unknown)."""
+    stamped = _STAMPED.search(name)
+    if stamped:
+        return now - int(stamped.group(1), 16)
+    try:
+        return now - datetime.fromisoformat((modtime or "").replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def sweep(ctx: Context, folder: str, ours: Callable[[str], bool]) -> None:
+    """Remove what killed runs left in ``folder``: our temporary files and folders that ``ours``
+    recognises and that are older than :data:`STALE_SECONDS` (one listing, one brief try each)."""
+    try:
+        listing = ctx.rc.json("lsjson", "--max-depth", "1", folder)
+    except (RemoteNotFound, ColabMagicsError):  # the sweep never fails the work it follows
+        return
+    now = time.time()
+    for entry in listing or []:  # type: ignore[union-attr]
+        name = entry["Path"]
+        if ours(name) and age(name, entry.get("ModTime"), now) > STALE_SECONDS:
+            quietly(ctx.rc, "purge" if entry.get("IsDir") else "deletefile", remotes.join(folder, name))

@@ -68,7 +68,9 @@ def test_sync_now_works_while_the_persist_cell_runs(tmp_path):
         assert "colab_magics:" in views[0]["text/plain"]  # the text form travels with the view
         manifest = remote / "outputs" / "manifest.json"
         assert not manifest.exists()  # nothing synced yet: interval is an hour
-        time.sleep(0.5)  # as a person would: the panel is on screen, the training runs
+        deadline = time.monotonic() + 60  # the click comes once the cell has written its first file
+        while time.monotonic() < deadline and not (workdir / "ready").exists():
+            time.sleep(0.05)
         click = kc.session.msg(
             "comm_msg", {"comm_id": buttons["Sync now"], "data": {"method": "custom", "content": {"event": "click"}}}
         )

@@ -111,6 +111,15 @@ class ThirdPartyServer(ABC):
         Server.live_pids.discard(self.proc.pid)
         self.proc = None
 
+    def pause(self) -> None:
+        """Stop answering without closing: connections are accepted and then hang (SIGSTOP)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def rclone(self, *args: str) -> None:
         """Run rclone against this server with its client settings (test set-up only)."""
         env = dict(os.environ, RCLONE_CONFIG="/dev/null", **self.env())
@@ -180,7 +189,12 @@ DocumentRoot {self.home}/data
 """
         )
         self.conf = conf
-        run = {"APACHE_RUN_DIR": "run", "APACHE_LOCK_DIR": "lock", "APACHE_LOG_DIR": "log", "APACHE_PID_FILE": "run/httpd.pid"}
+        run = {
+            "APACHE_RUN_DIR": "run",
+            "APACHE_LOCK_DIR": "lock",
+            "APACHE_LOG_DIR": "log",
+            "APACHE_PID_FILE": "run/httpd.pid",
+        }
         return dict(os.environ, **{k: str(self.home / v) for k, v in run.items()}, APACHE_RUN_USER="www-data",
                     APACHE_RUN_GROUP="www-data")  # fmt: skip
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from trees import ODD_NAMES, rewrite_same_size, snapshot
 
 import colab_magics as cm
-from colab_magics import remotes
+from colab_magics import errors, remotes, runner
 from colab_magics.events import Job
 from colab_magics.manifest import Manifest
 from colab_magics.persist import Persister
@@ -143,3 +146,59 @@ def test_stage_names_the_missing_part(foreign, tmp_path):
     with pytest.raises(cm.ColabMagicsError, match=f"lists {part}, which is not on the remote"):
         cm.stage(foreign.root, tmp_path / "check")
     assert not (tmp_path / "check").exists()
+
+
+PATIENCE = 15.0  # seconds a remote may stay silent before a call gives up (60 by default)
+
+
+@pytest.mark.fault("server stops answering")
+def test_a_server_that_stops_answering_fails_in_bounded_time_and_ctrl_c_is_prompt(
+    foreign, third_party_server, tmp_path, no_loss, monkeypatch
+):
+    """SIGSTOP: connections are accepted, then nothing.  rclone alone would wait its 5 minute I/O
+    timeout per request, with retries on top; we give up once the remote has not answered for
+    ``patience`` seconds, and a Ctrl-C (here: cancel) ends the call without waiting on the server."""
+    src = _checkpoints(tmp_path / "run")
+    cm.push(src, foreign.root, pack=True)
+    rewrite_same_size(src / "model.ckpt")
+    third_party_server.pause()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(errors.RemoteUnreachable) as info:
+            cm.push(src, foreign.root, pack=True, rclone=runner.Rclone(patience=PATIENCE))
+        took = time.monotonic() - t0
+        assert "\n" not in str(info.value) and "has not answered" in str(info.value)
+    finally:
+        third_party_server.resume()
+    # Ctrl-C with the server gone mid-upload: the cancel stops rclone at once, and the clean-up of the
+    # half-sent part gets one brief try (the next run sweeps what it leaves) instead of minutes of retries
+    (src / "big.bin").write_bytes(os.urandom(6 << 20))
+    spool = tmp_path / "tmp"  # where rclone spools what a server cannot take as a stream
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    slow = runner.Rclone(flags=["--bwlimit", "1M"])
+    pause = threading.Timer(1.5, third_party_server.pause)
+    cancel = threading.Event()
+    cancel_at: list[float] = []
+    ctrl_c = threading.Timer(3.0, lambda: (cancel_at.append(time.monotonic()), cancel.set()))
+    pause.start()
+    ctrl_c.start()
+    try:
+        with pytest.raises(errors.ColabMagicsError) as info:
+            cm.push(src, foreign.root, pack=True, part_size=1 << 20, rclone=slow, cancel=cancel)
+        after_cancel = time.monotonic() - cancel_at[0]
+    finally:
+        pause.join()
+        ctrl_c.join()
+        third_party_server.resume()
+    assert isinstance(info.value, errors.TransferCancelled), info.value
+    assert not list(spool.iterdir())  # no spooled copy of a part left behind
+    print(f"\n{foreign.kind}: unreachable after {took:.1f}s (patience {PATIENCE:.0f}s); cancel took {after_cancel:.1f}s")
+    assert took < PATIENCE + 45  # a probe every 10 s, each bounded: not rclone's minutes of retries
+    assert after_cancel < 15  # target 5 s; generous for a busy machine
+    assert not runner._live
+    cm.stage(foreign.root, tmp_path / "check")  # the remote kept its previous complete version
+    assert (tmp_path / "check" / "step.txt").read_text() == "step 0001\n"
+    cm.push(src, foreign.root, pack=True)  # and the next try, with the server back, succeeds
+    cm.stage(foreign.root, tmp_path / "check")
+    no_loss(snapshot(src), snapshot(tmp_path / "check"), f"{foreign.kind} after the server came back")
