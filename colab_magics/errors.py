@@ -73,5 +73,9 @@ class LockLost(LockHeld):
     """Another kernel took over the destination while this one was persisting to it."""
 
 
+class NoRemote(ColabMagicsError):
+    """Nothing is configured and the default would lose data (Colab without Drive mounted)."""
+
+
 class BadInput(ColabMagicsError):
     """An argument cannot work as given (wrong kind of path, destination inside source, ...)."""

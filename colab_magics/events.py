@@ -53,6 +53,7 @@ class Event:
     progress: Progress = field(default_factory=Progress)
     message: str = ""
     at: float = field(default_factory=time.time)
+    where: str = ""  # for uploads: the destination's safety class (:class:`colab_magics.safety.Where`)
 
 
 class EventBus:
@@ -166,10 +167,11 @@ class Job:
 
     RATE = 10.0
 
-    def __init__(self, name: str, direction: str, events: EventBus | None = None) -> None:
+    def __init__(self, name: str, direction: str, events: EventBus | None = None, where: str = "") -> None:
         self.id = next(_job_ids)
         self.name = name
         self.direction = direction
+        self.where = where
         self._events = events or bus
         self._started = time.monotonic()
         self._lock = threading.Lock()
@@ -193,7 +195,7 @@ class Job:
         return Progress(self._done_bytes, self._total_bytes, rate, eta, self._done_files, self._total_files, self._note)
 
     def _publish(self, kind: str, message: str = "") -> None:
-        self._events.publish(Event(self.id, self.name, self.direction, kind, self.progress, message))
+        self._events.publish(Event(self.id, self.name, self.direction, kind, self.progress, message, where=self.where))
 
     def _maybe_publish(self, force: bool) -> None:
         now = time.monotonic()
@@ -202,7 +204,7 @@ class Job:
                 return
             self._last_publish = now
             progress = self._snapshot()
-        self._events.publish(Event(self.id, self.name, self.direction, "progress", progress))
+        self._events.publish(Event(self.id, self.name, self.direction, "progress", progress, where=self.where))
 
     def start(self, message: str = "") -> None:
         self._publish("started", message)

@@ -18,13 +18,14 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Int, Unicode
 
-from . import runner
+from . import remotes, runner
 from .errors import ColabMagicsError
 from .events import bus
 from .manifest import DEFAULT_PART_SIZE
 from .panel import render_text
 from .persist import MIN_EVERY, Persister
 from .push import push
+from .safety import Where
 from .stage import RESUME_HINT, stage
 from .status import StatusBoard
 from .text import ProgressPrinter
@@ -57,10 +58,36 @@ class ColabMagics(Magics):
         self.board = StatusBoard()
         self._panel: Any = None
         self._panel_cell: int | None = None  # the execution count of the cell that shows it
+        self._warned = False  # the "this machine only" warning is said once a session
 
     # -- shared plumbing --------------------------------------------------------------------
     def _root(self) -> str | None:
-        return self.remote or None
+        """The configured root; on Colab with nothing configured, Drive is mounted first (Colab's own
+        consent prompt) so that the default is Drive, never the VM's disk."""
+        if self.remote:
+            return self.remote
+        if not remotes.configured_root() and remotes.on_colab() and not os.path.isdir(remotes.drive_root()):
+            try:
+                from google.colab import drive
+
+                drive.mount(remotes.drive_mount_point())
+            except Exception as exc:  # refused consent, Colab Enterprise, no google.colab: all one answer
+                raise UsageError(
+                    f"could not mount Google Drive ({str(exc).strip() or type(exc).__name__}): mount it with "
+                    "`from google.colab import drive; drive.mount('/content/drive')`, or set COLAB_MAGICS_REMOTE "
+                    "to an rclone remote such as gdrive:colab"
+                ) from None
+        return None
+
+    def _warn_if_only_here(self, where: str, dest: str) -> None:
+        """One loud line, once a session, the first time data is kept only on this machine."""
+        if where == Where.THIS_MACHINE and not self._warned:
+            self._warned = True
+            print(
+                f"colab_magics: WARNING: {dest} is a folder on this machine, lost if the runtime is lost. "
+                "Set COLAB_MAGICS_REMOTE (or %config ColabMagics.remote) to a remote, or mount Drive on Colab.",
+                file=sys.stderr,
+            )
 
     def _widgets(self) -> bool:
         """True in a kernel whose front-end can render widgets (Jupyter, Colab) with ipywidgets installed."""
@@ -182,8 +209,9 @@ class ColabMagics(Magics):
                 args.source, args.dest, pack=args.pack, compress=args.compress, part_size=part_size, root=self._root()
             )
 
-        result = self._call(work)
-        print(result.summary())  # type: ignore[attr-defined]
+        result: Any = self._call(work)
+        self._warn_if_only_here(result.where, result.dest)
+        print(result.summary())
 
     @magic_arguments()
     @argument("dir", help="local folder to keep safe (created if missing)")
@@ -220,6 +248,7 @@ class ColabMagics(Magics):
             return persister
 
         persister: Persister = self._call(create)  # type: ignore[assignment]
+        self._warn_if_only_here(persister.where, persister.dest)
         try:
             self.shell.ex(self.shell.transform_cell(cell))  # exceptions propagate unchanged
         except BaseException:

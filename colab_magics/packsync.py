@@ -249,7 +249,8 @@ class PackedSync:
 
     def _result(self, final: dict[str, FileEntry], **kw: object) -> Result:
         size = sum(e.size for e in final.values())
-        return Result("pushed", self.src, self.dest, "packed", len(final), size, self.ctx.job.elapsed, **kw)  # type: ignore[arg-type]
+        job = self.ctx.job
+        return Result("pushed", self.src, self.dest, "packed", len(final), size, job.elapsed, where=job.where, **kw)  # type: ignore[arg-type]
 
     # -- remote operations ----------------------------------------------------------------------
     def _part_name(self, old: Manifest | None, serial: int) -> str:

@@ -70,7 +70,7 @@ def describe(row: Row, now: float | None = None) -> str:
 def render_text(board: StatusBoard, now: float | None = None) -> str:
     """The compact text form: a header line and one line per job."""
     overall = board.overall()
-    safe = "safe to disconnect" if overall.safe_to_disconnect else "NOT safe to disconnect yet"
+    safe = "safe to disconnect" if overall.safe_to_disconnect else "NOT safe to disconnect"
     lines = [f"colab_magics: {overall.state} \u2014 {safe} ({overall.detail})"]
     for row in board.rows():
         lines.append(f"  {ARROWS.get(row.direction, ' ')} {row.name}: {row.state}; {describe(row, now)}")
@@ -196,7 +196,7 @@ class Panel:
             self.board.set_pending(p.name, files, size)
         overall = self.board.overall()
         now = time.time()
-        safe = "safe to disconnect" if overall.safe_to_disconnect else "not safe to disconnect yet"
+        safe = "safe to disconnect" if overall.safe_to_disconnect else "not safe to disconnect"
         color = _COLORS.get(overall.state, "#5f6368")
         self.header.value = (
             f"<div class='cm-state' style='font-weight:600'>"

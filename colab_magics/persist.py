@@ -34,6 +34,7 @@ from .manifest import DEFAULT_PART_SIZE, MANIFEST_NAME, FileEntry, Manifest
 from .packsync import LOCK_NAME, PackedSync, SyncOptions, SyncOutcome
 from .push import default_remote_dest
 from .runner import Rclone
+from .safety import where
 from .stage import stage
 from .transfer import Context, Result, quietly, read_json, state_dir, write_json
 
@@ -149,6 +150,7 @@ class Persister:
         self.rclone = rclone or Rclone()
         self.events = events
         self.name = f"persist {os.path.basename(self.local)}"
+        self.where = where(self.dest, self.rclone)  # said in every status and summary of this persist
         self.clock = clock
         self.lock = RemoteLock(self.rclone, self.dest, lock_ttl, clock)
         self._manifest: Manifest | None = None
@@ -337,7 +339,7 @@ class Persister:
                 setattr(self._status, key, value)
 
     def _context(self) -> Context:
-        return Context(self.rclone, Job(self.name, "up", self.events), None)
+        return Context(self.rclone, Job(self.name, "up", self.events, self.where), None)
 
     # -- the journal: what this machine last saw on both sides, to tell who changed a file --
     def _journal(self) -> dict[str, list[int]]:

@@ -22,6 +22,7 @@ from .localtree import FileStat
 from .manifest import DEFAULT_PART_SIZE
 from .packsync import PackedSync, SyncOptions
 from .runner import Rclone
+from .safety import where
 from .transfer import (
     Context,
     Result,
@@ -66,6 +67,8 @@ def push(
     if local_target and (localtree.inside(local_target, src) or localtree.inside(src, local_target)):
         raise BadInput(f"destination {local_target} overlaps the source {src}; choose a folder outside it")
 
+    place = where(target, rclone)
+
     def work(ctx: Context) -> Result:
         if pack:
             if not os.path.isdir(src):
@@ -76,7 +79,8 @@ def push(
             return _push_folder(ctx, src, target)
         return _push_file(ctx, src, target)
 
-    return run_job(f"push {os.path.basename(src)}", "up", f"{src} -> {target}", work, rclone, events, cancel)
+    name = f"push {os.path.basename(src)}"
+    return run_job(name, "up", f"{src} -> {target}", work, rclone, events, cancel, place)
 
 
 def md5_file(path: str) -> str:
@@ -88,7 +92,7 @@ def md5_file(path: str) -> str:
 
 
 def _result(ctx: Context, src: str, dest: str, kind: str, files: int, size: int, **kw: object) -> Result:
-    return Result("pushed", src, dest, kind, files, size, ctx.job.elapsed, **kw)  # type: ignore[arg-type]
+    return Result("pushed", src, dest, kind, files, size, ctx.job.elapsed, where=ctx.job.where, **kw)  # type: ignore[arg-type]
 
 
 # -- plain mode ------------------------------------------------------------------------------

@@ -15,22 +15,52 @@ from dataclasses import dataclass
 
 import platformdirs
 
-from .errors import BadInput
+from .errors import BadInput, NoRemote
 from .runner import Rclone
-
-COLAB_DRIVE = "/content/drive/MyDrive"
 
 # Backends whose uploads appear only when complete (objects committed at the end).
 _ATOMIC_TYPES = {"s3", "drive", "google cloud storage", "gcs", "azureblob", "b2", "swift", "box"}
 
 
+DRIVE_MOUNT = "/content/drive"  # where Colab mounts Drive by convention
+
+
+def drive_mount_point() -> str:
+    """Colab's Drive mount point (``COLAB_MAGICS_DRIVE_MOUNT`` moves it, for tests only)."""
+    return os.environ.get("COLAB_MAGICS_DRIVE_MOUNT", "").strip() or DRIVE_MOUNT
+
+
+def drive_root() -> str:
+    """The user's My Drive inside the mount."""
+    return os.path.join(drive_mount_point(), "MyDrive")
+
+
+def on_colab() -> bool:
+    """A hosted Colab runtime (its release tag in the environment, or its host marker)."""
+    return bool(os.environ.get("COLAB_RELEASE_TAG")) or os.path.exists("/var/colab/hostname")
+
+
+def configured_root() -> str:
+    return os.environ.get("COLAB_MAGICS_REMOTE", "").strip()
+
+
 def default_root() -> str:
-    """``COLAB_MAGICS_REMOTE``, else Drive on Colab, else a local folder in the user data dir."""
-    configured = os.environ.get("COLAB_MAGICS_REMOTE", "").strip()
+    """``COLAB_MAGICS_REMOTE``, else Drive on Colab, else a local folder in the user data dir.
+
+    On Colab the local folder would be the VM's own disk, lost with the runtime: there, with Drive
+    not mounted and nothing configured, this refuses in one line instead (the notebook face mounts
+    Drive first, with Colab's own consent prompt).
+    """
+    configured = configured_root()
     if configured:
         return configured
-    if os.path.isdir(COLAB_DRIVE):
-        return COLAB_DRIVE + "/colab_magics"
+    if os.path.isdir(drive_root()):
+        return drive_root() + "/colab_magics"
+    if on_colab():
+        raise NoRemote(
+            "Google Drive is not mounted and no remote is set: run `from google.colab import drive; "
+            "drive.mount('/content/drive')`, or set COLAB_MAGICS_REMOTE to an rclone remote such as gdrive:colab"
+        )
     return os.path.join(platformdirs.user_data_dir("colab_magics"), "remote")
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from .events import Event, EventBus, Progress, bus
+from .safety import Where
 
 RUNNING, DONE, FAILED, WAITING = "running", "done", "failed", "waiting"
 
@@ -28,6 +29,7 @@ class Row:
     error: str = ""  # the last error, in plain words; cleared by a later success
     pending_files: int = 0  # for persists: local changes not on the remote yet
     pending_bytes: int = 0
+    where: str = ""  # uploads: where the data really lives (a :class:`Where` value)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class StatusBoard:
     def _on_event(self, event: Event) -> None:
         with self._lock:
             row = self._rows.get(event.name) or Row(event.name, event.direction, RUNNING, Progress(), event.at)
+            row = replace(row, where=event.where or row.where)
             if event.kind in ("started", "progress"):
                 row = replace(row, state=RUNNING, progress=event.progress, updated=event.at)
             elif event.kind == "finished":
@@ -78,19 +81,26 @@ class StatusBoard:
             return sorted(self._rows.values(), key=lambda r: r.name)
 
     def overall(self) -> Overall:
+        """Safe to disconnect only when everything uploaded is verified on a remote: not while an upload
+        failed, runs or has changes pending, and not when it went to this machine or a mount's cache.
+        A failed or running download (a stage) shows, but puts nothing of the user's at risk."""
         rows = self.rows()
         if not rows:
             return Overall("idle", True, "nothing has run yet")
         failed = [r for r in rows if r.state == FAILED]
         running = [r for r in rows if r.state == RUNNING]
         pending = [r for r in rows if r.pending_files]
+        exposed = [r for r in rows if r.direction == "up" and r.where in (Where.THIS_MACHINE, Where.MOUNT)]
+        at_risk = any(r.direction == "up" for r in failed + running) or bool(pending or exposed)
         if failed:
-            return Overall("error", False, f"{failed[0].name}: {failed[0].error}")
+            return Overall("error", not at_risk, f"{failed[0].name}: {failed[0].error}")
         if running:
-            return Overall("syncing", False, ", ".join(r.name for r in running))
+            return Overall("syncing", not at_risk, ", ".join(r.name for r in running))
         if pending:
             files = sum(r.pending_files for r in pending)
             return Overall("pending changes", False, f"{files:,} changed file(s) not on the remote yet")
+        if exposed:
+            return Overall("synced", False, Where(exposed[0].where).caveat())
         return Overall("synced", True, "everything is on the remote")
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from .errors import ColabMagicsError, RemoteNotFound, TransferCancelled, Verific
 from .events import EventBus, Job, Progress
 from .remotes import remote_info
 from .runner import FAIL_FAST, Rclone, RcloneProcess
+from .safety import Where
 
 T = TypeVar("T")
 
@@ -205,12 +206,13 @@ def run_job(
     rclone: Rclone | None = None,
     events: EventBus | None = None,
     cancel: threading.Event | None = None,
+    where: str = "",
 ) -> Result:
     """Run ``work`` as one job: started, then finished with its summary or failed with its error.
 
     On any failure (Ctrl-C included) every rclone child of the job is stopped first.
     """
-    job = Job(name, direction, events)
+    job = Job(name, direction, events, where)
     ctx = Context(rclone, job, cancel)
     job.start(detail)
     try:
@@ -239,6 +241,7 @@ class Result:
     note: str = ""
     moved_files: int | None = None  # what actually crossed the network, when less than everything
     moved_bytes: int | None = None
+    where: str = ""  # pushes: where the data now really lives (a :class:`Where` value)
 
     def summary(self) -> str:
         size = humanize.naturalsize(self.bytes, binary=True)
@@ -255,6 +258,8 @@ class Result:
             )
             if self.reused_parts:
                 line += f"; {self.reused_parts} part(s) already there"
+        if self.where:
+            line += f"; {Where(self.where).caveat()}"
         return line + (f". {self.note}" if self.note else "")
 
 

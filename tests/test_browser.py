@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from servers import Server
 
 pytestmark = pytest.mark.browser
 
@@ -121,11 +122,15 @@ def lab(tmp_path):
     ):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(value))
-    remote = tmp_path / "remote"
+    # a real remote (rclone serve s3 on loopback): only there may the panel say "safe to disconnect"
+    s3 = Server("s3", tmp_path / "s3").start()
+    (s3.folder / "bucket").mkdir()
+    remote = s3.folder / "bucket"
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(
         os.environ,
-        COLAB_MAGICS_REMOTE=str(remote),  # a plain folder; the kernel inherits it from the server
+        **s3.env(),
+        COLAB_MAGICS_REMOTE=f"{s3.name}:bucket",  # the kernel inherits it from the server
         COLAB_MAGICS_STATE_DIR=str(tmp_path / "state"),
         RCLONE_CONFIG="/dev/null",
         JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
@@ -171,6 +176,7 @@ def lab(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        s3.stop()
 
 
 def _manifest_paths(remote: Path) -> set[str] | None:

@@ -133,9 +133,13 @@ def test_demo_runs_top_to_bottom_with_no_configuration(tmp_path, monkeypatch):
     for path in on_remote:
         assert (tmp_path / "check" / path).read_bytes() == (outputs / path).read_bytes(), path
 
-    # %drive_status after each persist cell: everything is on the remote, so it must say it is safe.
+    # %drive_status after each persist cell: everything is synced, but to the embedded folder on this
+    # machine, so it must say so and never call it safe to disconnect.
     status = [c for c in code if _source(c).strip() == "%drive_status"]
     assert len(status) == 2
     headers = [next(o.data["text/plain"] for o in c.outputs if WIDGET_VIEW in o.get("data", {})) for c in status]
-    wrong = [h.splitlines()[0] for h in headers if not h.startswith("colab_magics: synced \u2014 safe to disconnect")]
+    honest = (
+        "colab_magics: synced \u2014 NOT safe to disconnect (kept on this machine only: lost if the runtime is lost)"
+    )
+    wrong = [h.splitlines()[0] for h in headers if not h.startswith(honest)]
     assert not wrong, f"%drive_status after a finished %%persist: {wrong}"

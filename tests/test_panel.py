@@ -11,7 +11,7 @@ from trees import make_tree
 
 import colab_magics as cm
 from colab_magics import errors
-from colab_magics.events import EventBus
+from colab_magics.events import EventBus, Job
 from colab_magics.panel import Panel, render_text
 from colab_magics.persist import Persister
 from colab_magics.status import StatusBoard
@@ -32,23 +32,34 @@ def _classes(widget) -> set:
     return set(widget._dom_classes)
 
 
-def test_finished_jobs_show_as_synced_and_safe(board, tmp_path):
+def test_finished_jobs_show_as_synced_and_safe_only_on_a_real_remote(board, tmp_path, servers, monkeypatch):
     bus, b = board
+    for key, value in servers["s3"].env().items():
+        monkeypatch.setenv(key, value)
     src = make_tree(tmp_path / "data", small=5, odd=False)
-    cm.push(src, "ds", pack=True, events=bus)
-    cm.stage("ds", tmp_path / "back", events=bus)
+    cm.push(src, "cms3:bucket/panel/ds", pack=True, events=bus)
+    cm.stage("cms3:bucket/panel/ds", tmp_path / "back", events=bus)
     bus.flush()
     panel = Panel(b, list)
     assert {"cm-panel"} <= _classes(panel.widget)
     assert "synced" in panel.header.value and "safe to disconnect" in panel.header.value
+    assert "not safe" not in panel.header.value and "everything is on the remote" in panel.header.value
     rows = panel.rows_box.children
     assert len(rows) == 2 and all("cm-row" in _classes(r) for r in rows)
-    bar = panel._rows["stage ds"]["bar"]
+    bar = panel._rows["stage cms3:bucket/panel/ds"]["bar"]
     assert bar.value == 1.0 and bar.bar_style == "success" and "cm-bar" in _classes(bar)
     detail = panel._rows["push data"]["detail"].value
-    assert "pushed" in detail and "last success" in detail
+    assert "pushed" in detail and "last success" in detail and "verified on the remote" in detail
     text = render_text(b)
-    assert text.startswith("colab_magics: synced") and "\u2191 push data" in text and "\u2193 stage ds" in text
+    assert text.startswith("colab_magics: synced \u2014 safe to disconnect") and "\u2191 push data" in text
+    # the same push to a folder on this machine (the embedded default): synced, but never "safe"
+    cm.push(src, "ds", pack=True, events=bus)
+    bus.flush()
+    panel.refresh()
+    assert "not safe to disconnect" in panel.header.value and "kept on this machine only" in panel.header.value
+    assert render_text(b).startswith(
+        "colab_magics: synced \u2014 NOT safe to disconnect (kept on this machine only: lost if the runtime is lost)"
+    )
     panel.close()
 
 
@@ -58,10 +69,15 @@ def test_a_failure_is_shown_in_plain_words(board, tmp_path):
         cm.stage("no/such/dataset", tmp_path / "x", events=bus)
     bus.flush()
     panel = Panel(b, list)
-    assert "error" in panel.header.value and "not safe" in panel.header.value
+    # a failed download is an error to see, but puts nothing of the user's at risk
+    assert "error" in panel.header.value and "not safe" not in panel.header.value
     row = panel._rows["stage no/such/dataset"]
     assert row["bar"].bar_style == "danger" and "does not exist" in row["error"].value
     assert "error: " in render_text(b)
+    Job("push model.pt", "up", bus, where="remote").fail("the remote is out of storage quota")  # an upload is not
+    bus.flush()
+    panel.refresh()
+    assert "error" in panel.header.value and "not safe" in panel.header.value
     panel.close()
 
 

@@ -193,7 +193,9 @@ def test_a_server_that_stops_answering_fails_in_bounded_time_and_ctrl_c_is_promp
         third_party_server.resume()
     assert isinstance(info.value, errors.TransferCancelled), info.value
     assert not list(spool.iterdir())  # no spooled copy of a part left behind
-    print(f"\n{foreign.kind}: unreachable after {took:.1f}s (patience {PATIENCE:.0f}s); cancel took {after_cancel:.1f}s")
+    print(
+        f"\n{foreign.kind}: unreachable after {took:.1f}s (patience {PATIENCE:.0f}s); cancel took {after_cancel:.1f}s"
+    )
     assert took < PATIENCE + 45  # a probe every 10 s, each bounded: not rclone's minutes of retries
     assert after_cancel < 15  # target 5 s; generous for a busy machine
     assert not runner._live
