@@ -211,8 +211,8 @@ def _push_folder(ctx: Context, src: str, dest: str) -> Result:
         ]
         if blind:
             changed += _copy_listed(ctx, src, tmp, blind, keep_names)
-        uploaded, direct = _check_staged(ctx, src, tmp, snapshot, links, info.md5, changed)
-        if uploaded:
+        staged, uploaded, direct = _check_staged(ctx, src, tmp, snapshot, links, info.md5, changed)
+        if staged:  # files, or only new empty folders
             # --ignore-times: the staged files replace the old ones even where rclone cannot tell them apart
             ctx.run("move", tmp, dest, "--create-empty-src-dirs", "--ignore-times", *keep_names)
         if direct:  # names a server-side move may mangle go up straight to their place, then are checked
@@ -286,18 +286,19 @@ def _copy_listed(ctx: Context, src: str, dest: str, names: list[str], flags: lis
 
 def _check_staged(
     ctx: Context, src: str, tmp: str, snapshot: dict[str, FileStat], links: set[str], md5: bool, changed: list[str]
-) -> tuple[int, list[str]]:
+) -> tuple[bool, int, list[str]]:
     """Check every staged file against the local one as it is now (size, time, MD5 where the remote
     keeps it); drop and add to ``changed`` those that differ.
 
-    Returns how many are good to move, and the names to upload straight to dest instead: those a
+    Returns whether anything was staged at all, how many files are good to move, and the names to
+    upload straight to dest instead: those a
     server-side move is known to mangle (WsgiDAV's MOVE cuts a name at ``;``, moto's CopyObject
     answers 404 for it, s3rver's for ``#`` and ``+``), which are dropped from ``tmp``.
     """
     try:
         listing = ctx.rc.json("lsjson", "-R", "--files-only", tmp, *(["--hash", "--hash-type", "md5"] if md5 else []))
     except RemoteNotFound:  # nothing needed uploading: the staging folder was never made
-        return 0, []
+        return False, 0, []
     uploaded = 0
     direct: list[str] = []
     for entry in listing or []:  # type: ignore[union-attr]
@@ -323,4 +324,4 @@ def _check_staged(
             ctx.run("deletefile", remotes.join(tmp, entry["Path"]))  # rclone reads its listed form back
         else:
             uploaded += 1
-    return uploaded, direct
+    return True, uploaded, direct

@@ -149,7 +149,6 @@ class Reachability:
         self._last_life = clock()
         self._next_probe = 0.0
         self.failures = 0
-        self.reason = ""
 
     def alive(self) -> None:
         """The child moved (bytes or files): the remote is there."""
@@ -165,11 +164,10 @@ class Reachability:
         if reason is None:
             self._last_life = self._clock()
             if self.failures:
-                self.failures, self.reason = 0, ""
+                self.failures = 0
                 self._note("")
             return
         self.failures += 1
-        self.reason = reason
         self._note(f"remote unreachable, retrying ({self.failures})")
         if self._clock() - self._last_life >= self.limit:
             raise RemoteUnreachable(

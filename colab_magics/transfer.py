@@ -155,10 +155,10 @@ class Context:
             raise
         if remote_info(self.rc, final).md5:
             got = self.rc.json("lsjson", "--stat", "--hash", "--hash-type", "md5", final)
-            hashes = (got.get("Hashes") or {}) if isinstance(got, dict) else {}
-            same = isinstance(got, dict) and got.get("Size") == len(data) and hashes.get("md5") in (md5, None, "")
-            if same and not hashes.get("md5"):  # an object without a stored MD5: compare the bytes
-                same = self.read_optional(final) == data
+            same = isinstance(got, dict) and got.get("Size") == len(data)
+            remote_md5 = (got.get("Hashes") or {}).get("md5") if same else None  # type: ignore[union-attr]
+            if same:  # an object stored without an MD5 is compared by its bytes
+                same = remote_md5 == md5 if remote_md5 else self.read_optional(final) == data
         else:
             same = self.read_optional(final) == data
         if not same:
@@ -343,7 +343,7 @@ def sweep(ctx: Context, folder: str, ours: Callable[[str], bool]) -> None:
     recognises and that are older than :data:`STALE_SECONDS` (one listing, one brief try each)."""
     try:
         listing = ctx.rc.json("lsjson", "--max-depth", "1", folder)
-    except (RemoteNotFound, ColabMagicsError):  # the sweep never fails the work it follows
+    except ColabMagicsError:  # the sweep never fails the work it follows
         return
     now = time.time()
     for entry in listing or []:  # type: ignore[union-attr]
