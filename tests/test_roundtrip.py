@@ -9,12 +9,11 @@ import zipfile
 
 import pytest
 import zstandard
-from trees import make_tree, rewrite_same_size, snapshot
+from trees import make_tree, plant_leftovers, rewrite_same_size, snapshot
 
 import colab_magics as cm
 from colab_magics import remotes
 from colab_magics.manifest import Manifest
-from colab_magics.runner import Rclone
 
 PART = 64 * 1024
 
@@ -116,18 +115,8 @@ def test_same_size_rewrites_reach_the_remote_in_every_mode(remote, tmp_path):
 def test_leftovers_of_killed_runs_are_swept_by_the_next_run(remote, tmp_path):
     """What a killed push leaves (a staging folder, a half-made manifest, a temporary upload beside a plain
     destination) goes with the next push once it is an hour old; a fresh one (a push running now) stays."""
-    import time
-
+    old, new = plant_leftovers(remote.root, tmp_path)
     src = make_tree(tmp_path / "src", small=2, odd=False)
-    old, new = f"{int(time.time()) - 7200:08x}abcdef", f"{int(time.time()):08x}abcdef"
-    junk = tmp_path / "junk.bin"
-    junk.write_bytes(b"left by a killed run")
-    rc = Rclone()
-    for name in (f".cm-upload-{old}/000/part-{old}-0000.tar", f"manifest.json.cm-tmp-{old}",
-                 f".cm-upload-{new}/000/part-{new}-0000.tar"):  # fmt: skip
-        rc.run("copyto", str(junk), remotes.join(remote.root, "ds", name))
-    for name in (f".plain.cm-upload-{old}/a.bin", f"plain.cm-tmp-{old}"):
-        rc.run("copyto", str(junk), remotes.join(remote.root, name))
     cm.push(src, remotes.join(remote.root, "ds"), pack=True)
     cm.push(src, remotes.join(remote.root, "plain"))
     names = {p.name for p in remote.folder.rglob("*") if p.is_file()}

@@ -49,6 +49,26 @@ def rewrite_same_size(path: Path) -> None:
     os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns + 1000))
 
 
+def plant_leftovers(root: str, tmp_path: Path) -> tuple[str, str]:
+    """Leave on the remote ``root`` what killed runs leave: in the packed dataset ``ds`` a staging folder
+    and a half-made manifest two hours old and a staging folder made now; beside the plain folder
+    ``plain`` a staging folder and a temporary file two hours old.  Returns the (old, new) name stamps."""
+    import time
+
+    from colab_magics import remotes
+    from colab_magics.runner import Rclone
+
+    old, new = f"{int(time.time()) - 7200:08x}abcdef", f"{int(time.time()):08x}abcdef"
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"left by a killed run")
+    rc = Rclone()
+    for name in (f"ds/.cm-upload-{old}/000/part-{old}-0000.tar", f"ds/manifest.json.cm-tmp-{old}",
+                 f"ds/.cm-upload-{new}/000/part-{new}-0000.tar", f".plain.cm-upload-{old}/a.bin",
+                 f"plain.cm-tmp-{old}"):  # fmt: skip
+        rc.run("copyto", str(junk), remotes.join(root, name))
+    return old, new
+
+
 def snapshot(root: Path, *, modes: bool = True, mtimes: bool = True, links: bool = True) -> dict:
     """Everything that must survive a round trip, by relative path (bytes, as the OS gives them)."""
     out = {}

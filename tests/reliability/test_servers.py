@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from trees import ODD_NAMES, rewrite_same_size, snapshot
+from trees import ODD_NAMES, plant_leftovers, rewrite_same_size, snapshot
 
 import colab_magics as cm
 from colab_magics import errors, remotes, runner
@@ -146,6 +146,17 @@ def test_stage_names_the_missing_part(foreign, tmp_path):
     with pytest.raises(cm.ColabMagicsError, match=f"lists {part}, which is not on the remote"):
         cm.stage(foreign.root, tmp_path / "check")
     assert not (tmp_path / "check").exists()
+
+
+def test_leftovers_of_killed_runs_are_swept_by_the_next_run(foreign, tmp_path):
+    old, new = plant_leftovers(foreign.root, tmp_path)
+    src = _checkpoints(tmp_path / "run")
+    cm.push(src, remotes.join(foreign.root, "ds"), pack=True)
+    cm.push(src, remotes.join(foreign.root, "plain"))
+    listing = Rclone().json("lsjson", "-R", "--files-only", foreign.root)
+    names = {entry["Name"] for entry in listing}  # type: ignore[union-attr]
+    assert not {n for n in names if old in n}, sorted(names)
+    assert f"part-{new}-0000.tar" in names  # may belong to a push still running
 
 
 PATIENCE = 15.0  # seconds a remote may stay silent before a call gives up (60 by default)
