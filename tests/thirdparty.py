@@ -126,10 +126,18 @@ class ThirdPartyServer(ABC):
         subprocess.run([find_rclone(), *args], env=env, check=True, capture_output=True, timeout=120)
 
 
-class WsgiDAV(ThirdPartyServer):
-    """WsgiDAV 4 (pip), a pure-Python WebDAV server: no hashes, no settable times."""
+class GenericWebDAV(ThirdPartyServer, ABC):
+    """A WebDAV server that is not rclone's: rclone's ``vendor=other``, no hashes, no settable times."""
 
     kind = "webdav"
+
+    def settings(self) -> dict[str, str]:
+        return {"type": "webdav", "url": f"http://127.0.0.1:{self.port}/", "vendor": "other", "pacer_min_sleep": "0"}
+
+
+class WsgiDAV(GenericWebDAV):
+    """WsgiDAV 4 (pip), a pure-Python WebDAV server."""
+
     name = "cmwsgidav"
 
     @staticmethod
@@ -142,14 +150,10 @@ class WsgiDAV(ThirdPartyServer):
         return [sys.executable, "-m", "wsgidav.server.server_cli", "-H", "127.0.0.1", "-p", str(self.port),
                 "-r", str(data), "--auth", "anonymous", "--no-config", "-q"]  # fmt: skip
 
-    def settings(self) -> dict[str, str]:
-        return {"type": "webdav", "url": f"http://127.0.0.1:{self.port}/", "vendor": "other", "pacer_min_sleep": "0"}
 
-
-class Apache(ThirdPartyServer):
+class Apache(GenericWebDAV):
     """Apache httpd 2.4 with mod_dav_fs (apt): the WebDAV server of most self-hosted setups."""
 
-    kind = "webdav"
     name = "cmapache"
 
     @staticmethod
@@ -200,9 +204,6 @@ DocumentRoot {self.home}/data
 
     def argv(self) -> list[str]:
         return [APACHE, "-f", str(self.conf), "-DFOREGROUND"]
-
-    def settings(self) -> dict[str, str]:
-        return {"type": "webdav", "url": f"http://127.0.0.1:{self.port}/", "vendor": "other", "pacer_min_sleep": "0"}
 
     def stop(self) -> None:
         super().stop()
