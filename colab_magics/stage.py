@@ -105,6 +105,7 @@ class _Stage:
         self.t0 = time.monotonic()
         self.listed: dict[str, int] = {}  # a plain folder's files as the probe listed them, with sizes
         self.comparable = False  # can the remote tell a changed file by its listing (hashes or precise times)?
+        self.hashed = False  # does it keep hashes (then a re-stage compares by them)?
 
     # -- what is the source, and is dest already it? ------------------------------------------
     def probe(self) -> tuple[str, dict, Manifest | None, int]:
@@ -128,7 +129,8 @@ class _Stage:
             rows = sorted((e["Path"], e["Size"], e["ModTime"], e.get("Hashes") or {}) for e in listing)
             self.listed = {remotes.listed_name(row[0]): row[1] for row in rows}
             precise = remote.modtime_precision_s is not None and remote.modtime_precision_s <= 0.001
-            self.comparable = bool(remote.hashes) or precise
+            self.hashed = bool(remote.hashes)
+            self.comparable = self.hashed or precise
             # where the remote keeps neither hashes nor precise times, no listing proves a folder unchanged
             # (a same-size rewrite within its time resolution lists the same): never "up to date" there
             digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest() if self.comparable else short_id()
@@ -344,7 +346,6 @@ class _Stage:
 
     # -- plain folders --------------------------------------------------------------------------
     def fill_folder(self) -> str:
-        hashes = remotes.remote_info(self.ctx.rc, self.src).hashes
         # unchanged files come from the old copy, not the network: hard links of it are laid in the
         # work tree and rclone fetches only what differs (rclone replaces a file through a temporary
         # name, so an old copy is never written through its link).  Only where the remote can tell
@@ -363,7 +364,7 @@ class _Stage:
             "--create-empty-src-dirs",
             "--links",
             "--no-unicode-normalization",  # NFC and NFD twins are two files, as on the remote
-            *(["--checksum"] if reuse and hashes else []),
+            *(["--checksum"] if reuse and self.hashed else []),
         ]
         self.ctx.run(*args, stats=True)
         tree = localtree.scan(self.tree)

@@ -26,6 +26,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_listening(proc: subprocess.Popen, port: int, what: str, log: Path, timeout: float) -> None:
+    """Poll until ``proc`` answers on 127.0.0.1:``port``; RuntimeError with its log if it exits or stays silent."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text(errors='replace')[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer on port {port}")
+
+
 class Server:
     """One ``rclone serve`` child on 127.0.0.1, stoppable, killable and restartable."""
 
@@ -64,16 +78,8 @@ class Server:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv + self.extra, stdout=log, stderr=log, env=env, start_new_session=True)
         Server.live_pids.add(self.proc.pid)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"rclone serve {self.kind} exited: {self.log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"rclone serve {self.kind} did not answer on port {self.port}")
+        wait_until_listening(self.proc, self.port, f"rclone serve {self.kind}", self.log, 15)
+        return self
 
     def kill(self) -> None:
         """Die as a crashed server would (SIGKILL)."""

@@ -16,15 +16,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from servers import Server, free_port
+from servers import Server, free_port, wait_until_listening
 
 from colab_magics.binary import find_rclone
 
@@ -82,18 +80,11 @@ class ThirdPartyServer(ABC):
                 self.argv(), stdout=log, stderr=log, env=env, start_new_session=True, stdin=subprocess.DEVNULL
             )
         Server.live_pids.add(self.proc.pid)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text(errors='replace')[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
-            except OSError:
-                time.sleep(0.1)
-        else:
+        try:
+            wait_until_listening(self.proc, self.port, self.name, self.log, 60)
+        except RuntimeError:
             self.stop()
-            raise RuntimeError(f"{self.name} did not answer on port {self.port}")
+            raise
         self.ready()
         return self
 
