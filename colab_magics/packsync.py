@@ -40,10 +40,11 @@ from .manifest import (
 )
 from .pack import Piece, plan, write_part
 from .runner import RcloneProcess
-from .transfer import STALE_SECONDS, Context, Result, age, quietly, short_id, sweep
+from .transfer import STALE_SECONDS, Context, Result, abort_stale_uploads, age, quietly, short_id, sweep
 
 LOCK_NAME = ".cm-lock.json"
 _OURS = ("parts", MANIFEST_NAME, LOCK_NAME)
+_TEMPORARY = (".cm-upload-", f"{MANIFEST_NAME}.cm-tmp-", f"{LOCK_NAME}.cm-tmp-")  # what a killed run leaves
 
 
 @dataclass
@@ -82,7 +83,7 @@ class PackedSync:
             existing = self.ctx.rc.json("lsjson", "--max-depth", "1", self.dest)
         except RemoteNotFound:
             return None
-        foreign = [e for e in existing or [] if e["Path"] not in _OURS and not _temporary(e["Path"])]  # type: ignore[union-attr]
+        foreign = [e for e in existing or [] if e["Path"] not in _OURS and not e["Path"].startswith(_TEMPORARY)]  # type: ignore[union-attr]
         if foreign:  # leftovers of our own interrupted upload are fine
             raise BadInput(f"{self.dest} already holds files that are not a packed dataset; push to another name")
         return None
@@ -347,7 +348,8 @@ class PackedSync:
             name = "parts/" + remotes.listed_name(entry["Path"])
             if name not in keep and age(name, entry.get("ModTime"), now) > STALE_SECONDS:
                 doomed.add(name)
-        sweep(self.ctx, self.dest, _temporary)
+        sweep(self.ctx, self.dest, _TEMPORARY)
+        abort_stale_uploads(self.ctx, [remotes.join(self.dest, p) for p in (".cm-", f"{MANIFEST_NAME}.cm-tmp-")])
         if doomed:
             self._delete_parts(doomed)
             quietly(self.ctx.rc, "rmdirs", remotes.join(self.dest, "parts"), "--leave-root")
@@ -369,8 +371,6 @@ class PackedSync:
             Path(listfile.name).unlink(missing_ok=True)
 
 
-def _temporary(name: str) -> bool:
-    return ".cm-tmp" in name or name.startswith(".cm-upload-")
 
 
 class _Sink:

@@ -26,6 +26,7 @@ from .safety import where
 from .transfer import (
     Context,
     Result,
+    abort_stale_uploads,
     quietly,
     read_json,
     run_job,
@@ -113,7 +114,9 @@ def _beside(dest: str, suffix: str) -> str:
 def _sweep_beside(ctx: Context, dest: str) -> None:
     """Remove what killed plain pushes to ``dest`` left beside it (``.NAME.cm-upload-*``, ``NAME.cm-tmp-*``)."""
     parent, name = _parent(dest)
-    sweep(ctx, parent, lambda n: n.startswith((f".{name}.cm-upload-", f"{name}.cm-tmp-")))
+    ours = (f".{name}.cm-upload-", f"{name}.cm-tmp-")
+    sweep(ctx, parent, ours)
+    abort_stale_uploads(ctx, [remotes.join(parent, p) for p in ours])
 
 
 def _check_complete(ctx: Context, dest: str, planned: dict[str, FileStat], links: set[str], skip: set[str]) -> None:

@@ -338,9 +338,30 @@ def age(name: str, modtime: str | None, now: float) -> float:
         return 0.0
 
 
-def sweep(ctx: Context, folder: str, ours: Callable[[str], bool]) -> None:
-    """Remove what killed runs left in ``folder``: our temporary files and folders that ``ours``
-    recognises and that are older than :data:`STALE_SECONDS` (one listing, one brief try each)."""
+_ABORTED: set[str] = set()  # key prefixes whose stale multipart uploads this process has aborted
+_ABORTED_LOCK = threading.Lock()
+
+
+def abort_stale_uploads(ctx: Context, prefixes: list[str]) -> None:
+    """S3 keeps (and bills) the parts of a multipart upload whose rclone was killed, invisible to any
+    listing, until someone aborts it.  Abort those under our own temporary names that are older than
+    :data:`STALE_SECONDS`, once per process and prefix: leftovers come from runs that are gone.
+    ``rclone backend cleanup`` matches the raw key prefix, so a neighbour's uploads are never touched."""
+    if remote_info(ctx.rc, prefixes[0]).type != "s3":
+        return
+    with _ABORTED_LOCK:
+        todo = [p for p in prefixes if p not in _ABORTED]
+        _ABORTED.update(todo)
+    for prefix in todo:
+        try:
+            ctx.rc.run("backend", "cleanup", prefix, "-o", f"max-age={int(STALE_SECONDS)}s")
+        except ColabMagicsError:  # the sweep never fails the work it follows; the next process tries again
+            pass
+
+
+def sweep(ctx: Context, folder: str, prefixes: tuple[str, ...]) -> None:
+    """Remove what killed runs left in ``folder``: our temporary files and folders (names that start
+    with one of ``prefixes``) older than :data:`STALE_SECONDS`, in one listing and one brief try each."""
     try:
         listing = ctx.rc.json("lsjson", "--max-depth", "1", folder)
     except ColabMagicsError:  # the sweep never fails the work it follows
@@ -348,5 +369,5 @@ def sweep(ctx: Context, folder: str, ours: Callable[[str], bool]) -> None:
     now = time.time()
     for entry in listing or []:  # type: ignore[union-attr]
         name = entry["Path"]
-        if ours(name) and age(name, entry.get("ModTime"), now) > STALE_SECONDS:
+        if name.startswith(prefixes) and age(name, entry.get("ModTime"), now) > STALE_SECONDS:
             quietly(ctx.rc, "purge" if entry.get("IsDir") else "deletefile", remotes.join(folder, name))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
 import threading
 import time
@@ -157,6 +158,48 @@ def test_leftovers_of_killed_runs_are_swept_by_the_next_run(foreign, tmp_path):
     names = {entry["Name"] for entry in listing}  # type: ignore[union-attr]
     assert not {n for n in names if old in n}, sorted(names)
     assert f"part-{new}-0000.tar" in names  # may belong to a push still running
+
+
+def _unfinished_uploads(bucket: str) -> set[str]:
+    """Keys of the multipart uploads S3 holds open in ``bucket``."""
+    listing = Rclone().json("backend", "list-multipart-uploads", bucket)
+    return {u["Key"] for uploads in (listing or {}).values() for u in uploads or []}  # type: ignore[union-attr]
+
+
+def _interrupt_an_upload(key: str, bucket: str) -> None:
+    """What a killed rclone leaves on S3: a multipart upload with one part sent, never completed."""
+    proc = subprocess.Popen([Rclone().binary, "rcat", "--s3-chunk-size", "5Mi", key],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(os.urandom(6 << 20))  # more than one chunk: the upload starts, and stays open
+        proc.stdin.flush()
+        deadline = time.monotonic() + 120
+        while not any(key.endswith(k) for k in _unfinished_uploads(bucket)):
+            assert time.monotonic() < deadline and proc.poll() is None, "the upload never started"
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_multipart_uploads_left_by_killed_runs_are_aborted_by_the_next_run(foreign, third_party_server, tmp_path):
+    if third_party_server.kind != "s3":
+        pytest.skip("only S3 keeps the unfinished uploads of a killed rclone (invisible, and billed)")
+    bucket = foreign.root.split("/", 1)[0]
+    stamp = f"{int(time.time()) - 7200:08x}abcdef"
+    ours = [f"ds/.cm-upload-{stamp}/000/part-{stamp}-0000.tar", f".plain.cm-upload-{stamp}/model.ckpt",
+            f"plain.cm-tmp-{stamp}"]  # fmt: skip
+    neighbours = ["ds2/big.bin", "plain2.cm-tmp-x/big.bin"]  # another tool's uploads: never ours to abort
+    for name in ours + neighbours:
+        _interrupt_an_upload(remotes.join(foreign.root, name), bucket)
+    src = _checkpoints(tmp_path / "run")
+    cm.push(src, remotes.join(foreign.root, "ds"), pack=True)
+    cm.push(src, remotes.join(foreign.root, "plain"))
+    left = {k.split("/", 1)[1] for k in _unfinished_uploads(bucket) if k.startswith(foreign.root.split("/")[1] + "/")}
+    assert left == set(neighbours)
+    for name in neighbours:
+        Rclone().run("backend", "cleanup", remotes.join(foreign.root, name), "-o", "max-age=0s")
 
 
 PATIENCE = 15.0  # seconds a remote may stay silent before a call gives up (60 by default)
