@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from . import __version__
 from .errors import ColabMagicsError
 from .events import bus
+from .flush import flush
 from .manifest import DEFAULT_PART_SIZE
 from .persist import MIN_EVERY, Persister
 from .push import push
@@ -44,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--part-size", default=DEFAULT_PART_SIZE, type=parse_size, help="with --pack: largest part (default 4G)"
     )
+
+    f = sub.add_parser(
+        "flush",
+        help="Colab: upload what the Drive mount still holds, then unmount it",
+        description="Run Colab's only flush of the Drive mount (google.colab.drive.flush_and_unmount), "
+        "which uploads what DriveFS holds in the VM's cache. Persists running in a notebook are not "
+        "reached from here: use %%drive_flush there.",
+    )
+    f.add_argument("--disconnect", action="store_true", help="then end this runtime")
 
     k = sub.add_parser(
         "persist",
@@ -111,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = _persist(args)
             _quiet_stop(unsubscribe)
             return status
-        if args.command == "stage":
+        if args.command == "flush":
+            result = flush((), disconnect=args.disconnect)  # a terminal knows nothing else of the runtime
+        elif args.command == "stage":
             result = stage(args.source, args.dest, force=args.force, workers=args.workers)
         else:
             result = push(args.source, args.dest, pack=args.pack, compress=args.compress, part_size=args.part_size)

@@ -73,6 +73,10 @@ class LockLost(LockHeld):
     """Another kernel took over the destination while this one was persisting to it."""
 
 
+class FlushFailed(ColabMagicsError):
+    """Colab's Drive mount could not upload what it holds (its flush failed)."""
+
+
 class NoRemote(ColabMagicsError):
     """Nothing is configured and the default would lose data (Colab without Drive mounted)."""
 

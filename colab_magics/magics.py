@@ -18,9 +18,10 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Int, Unicode
 
-from . import remotes, runner
+from . import host, remotes, runner
 from .errors import ColabMagicsError
 from .events import bus
+from .flush import flush
 from .manifest import DEFAULT_PART_SIZE
 from .panel import render_text
 from .persist import MIN_EVERY, Persister
@@ -66,11 +67,9 @@ class ColabMagics(Magics):
         consent prompt) so that the default is Drive, never the VM's disk."""
         if self.remote:
             return self.remote
-        if not remotes.configured_root() and remotes.on_colab() and not os.path.isdir(remotes.drive_root()):
+        if not remotes.configured_root() and host.on_colab() and not host.drive_mounted():
             try:
-                from google.colab import drive
-
-                drive.mount(remotes.drive_mount_point())
+                host.mount_drive()
             except Exception as exc:  # refused consent, Colab Enterprise, no google.colab: all one answer
                 raise UsageError(
                     f"could not mount Google Drive ({str(exc).strip() or type(exc).__name__}): mount it with "
@@ -166,6 +165,33 @@ class ColabMagics(Magics):
             for p in self._persisters:
                 self.board.set_pending(p.name, *p.pending())
             print(render_text(self.board))
+
+    @magic_arguments()
+    @argument("--disconnect", action="store_true", help="then end this runtime (google.colab.runtime.unassign)")
+    @line_magic
+    def drive_flush(self, line: str) -> None:
+        """Make what is on Colab's Drive mount safe: every persist syncs once more, then Drive's cache is
+        uploaded and Drive unmounted (the only flush Colab has). Persists to the mount end here; mount
+        Drive again to go on."""
+        args: Any = self._parse(self.drive_flush, line)
+        running = list(self._persisters)
+
+        def work() -> object:
+            try:
+                return flush(running)
+            finally:
+                self._persisters.difference_update(p for p in running if p.status().state == "stopped")
+
+        report: Any = self._call(work)  # the board has the flush now
+        overall = self.board.overall()
+        if not overall.safe_to_disconnect:
+            why = "; not ending the runtime" if args.disconnect else ""
+            print(f"{report.summary()}; NOT safe to disconnect yet: {overall.detail}{why}")
+            return
+        report.disconnecting = args.disconnect
+        print(f"{report.summary()}; safe to disconnect")
+        if args.disconnect:
+            host.end_runtime()
 
     @magic_arguments()
     @argument("source", help="remote path (gdrive:x, /path) or a name under the default remote root")

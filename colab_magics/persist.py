@@ -30,11 +30,12 @@ from typing import Callable
 from . import localtree, remotes
 from .errors import ColabMagicsError, LockHeld, LockLost, VerificationError
 from .events import EventBus, Job
+from .host import require_drive_mounted
 from .manifest import DEFAULT_PART_SIZE, MANIFEST_NAME, FileEntry, Manifest
 from .packsync import LOCK_NAME, PackedSync, SyncOptions, SyncOutcome
 from .push import default_remote_dest
 from .runner import Rclone
-from .safety import where
+from .safety import Where, where
 from .stage import stage
 from .transfer import Context, Result, quietly, read_json, state_dir, write_json
 
@@ -271,6 +272,8 @@ class Persister:
             try:
                 if self._lost is not None:
                     raise self._lost
+                if self.where is Where.MOUNT:  # never into the empty mount point Drive's flush leaves
+                    require_drive_mounted(os.path.abspath(self.dest))
                 outcome = PackedSync(ctx, self.local, self.dest, options).run(
                     self._manifest, fetch_old=False, before_commit=lambda: self.lock.check(ctx)
                 )

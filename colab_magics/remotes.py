@@ -16,28 +16,11 @@ from dataclasses import dataclass
 import platformdirs
 
 from .errors import BadInput, NoRemote
+from .host import drive_root, on_colab
 from .runner import Rclone
 
 # Backends whose uploads appear only when complete (objects committed at the end).
 _ATOMIC_TYPES = {"s3", "drive", "google cloud storage", "gcs", "azureblob", "b2", "swift", "box"}
-
-
-DRIVE_MOUNT = "/content/drive"  # where Colab mounts Drive by convention
-
-
-def drive_mount_point() -> str:
-    """Colab's Drive mount point (``COLAB_MAGICS_DRIVE_MOUNT`` moves it, for tests only)."""
-    return os.environ.get("COLAB_MAGICS_DRIVE_MOUNT", "").strip() or DRIVE_MOUNT
-
-
-def drive_root() -> str:
-    """The user's My Drive inside the mount."""
-    return os.path.join(drive_mount_point(), "MyDrive")
-
-
-def on_colab() -> bool:
-    """A hosted Colab runtime (its release tag in the environment, or its host marker)."""
-    return bool(os.environ.get("COLAB_RELEASE_TAG")) or os.path.exists("/var/colab/hostname")
 
 
 def configured_root() -> str:

@@ -16,7 +16,7 @@ import os
 from enum import Enum
 
 from . import remotes
-from .remotes import drive_mount_point
+from .host import in_drive_mount, require_drive_mounted
 from .runner import Rclone
 
 # file systems whose writes leave this machine later (or not at all if it dies first)
@@ -33,20 +33,21 @@ class Where(str, Enum):
         if self is Where.THIS_MACHINE:
             return "kept on this machine only: lost if the runtime is lost"
         if self is Where.MOUNT:
-            return (
-                "on the Drive mount, upload pending: run google.colab.drive.flush_and_unmount() before you disconnect"
-            )
+            return "on the Drive mount, upload pending: run %drive_flush before you disconnect"
         return "verified on the remote"
 
 
+FLUSHED = "flushed to Drive"  # what a mount's caveat becomes once Drive's flush succeeded
+
+
 def where(dest: str, rclone: Rclone | None = None) -> Where:
-    """The safety class of the rclone path ``dest``."""
+    """The safety class of the rclone path ``dest``; refuses a path on Drive while Drive is unmounted."""
     local = remotes.local_path(dest)
     if local is None:
         local_backend = remotes.remote_info(rclone or Rclone(), dest).type == "local"  # a remote named for a folder
         return Where.THIS_MACHINE if local_backend else Where.REMOTE
-    mount = drive_mount_point().rstrip("/")
-    if local == mount or local.startswith(mount + "/"):
+    if in_drive_mount(local):
+        require_drive_mounted(local)
         return Where.MOUNT
     return Where.MOUNT if _fs_type(local).startswith(_NETWORK_FS) else Where.THIS_MACHINE
 

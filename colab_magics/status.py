@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from .events import Event, EventBus, Progress, bus
-from .safety import Where
+from .safety import FLUSHED, Where
 
 RUNNING, DONE, FAILED, WAITING = "running", "done", "failed", "waiting"
 
@@ -49,6 +49,9 @@ class StatusBoard:
         self._unsubscribe = (events or bus).subscribe(self._on_event)
 
     def _on_event(self, event: Event) -> None:
+        if event.kind == "flushed":
+            self._flushed(event.at)
+            return
         with self._lock:
             row = self._rows.get(event.name) or Row(event.name, event.direction, RUNNING, Progress(), event.at)
             row = replace(row, where=event.where or row.where)
@@ -62,6 +65,17 @@ class StatusBoard:
             elif event.kind == "failed":
                 row = replace(row, state=FAILED, updated=event.at, error=event.message)
             self._rows[event.name] = row
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
+
+    def _flushed(self, at: float) -> None:
+        """Drive's flush succeeded: what reached the mount before it is on Drive now."""
+        with self._lock:
+            for name, row in self._rows.items():
+                if row.where == Where.MOUNT and row.state == DONE and (row.last_success or at) <= at:
+                    summary = row.summary.replace(Where.MOUNT.caveat(), FLUSHED)
+                    self._rows[name] = replace(row, where=Where.REMOTE.value, summary=summary)
             listeners = list(self._listeners)
         for listener in listeners:
             listener()
