@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import host
+from .errors import ColabMagicsError
 from .events import Event, EventBus, bus
 from .persist import Persister
 from .safety import FLUSHED, Where
@@ -50,7 +51,11 @@ def flush(persisters: Iterable[Persister], *, disconnect: bool = False, events: 
         else:
             persister.sync(settle=0.0)
             report.synced.append(persister.name)
-    host.flush_drive()
+    try:
+        host.flush_drive()
+    except ColabMagicsError as exc:  # the board says so until a flush succeeds
+        (events or bus).publish(Event(0, FLUSH_JOB, "up", "failed", message=str(exc), where=Where.MOUNT.value))
+        raise
     report.at = time.time()
     (events or bus).publish(Event(0, FLUSH_JOB, "up", "flushed", at=report.at, where=Where.MOUNT.value))
     if disconnect:

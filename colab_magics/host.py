@@ -45,7 +45,7 @@ def require_drive_mounted(path: str) -> None:
     stay in an ordinary folder of the VM, and the next mount refuses a mount point that holds files."""
     if in_drive_mount(path) and not drive_mounted():
         raise BadInput(
-            f"{path} is on Google Drive, which is not mounted (it is after %drive_flush): mount it again "
+            f"{path} is on Google Drive, which is not mounted (no longer, after a flush): mount it again "
             "with `from google.colab import drive; drive.mount('/content/drive')`"
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from concurrent import futures
 import sys
 import time
 from typing import Any, Callable
@@ -18,9 +19,10 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Int, Unicode
 
-from . import host, remotes, runner
+from . import deadline, host, remotes, runner
+from .deadline import DeadlineWatch
 from .errors import ColabMagicsError
-from .events import bus
+from .events import Event, bus
 from .flush import flush
 from .manifest import DEFAULT_PART_SIZE
 from .panel import render_text
@@ -60,6 +62,38 @@ class ColabMagics(Magics):
         self._panel: Any = None
         self._panel_cell: int | None = None  # the execution count of the cell that shows it
         self._warned = False  # the "this machine only" warning is said once a session
+        self._deadline = self._watch_deadline()
+
+    def _watch_deadline(self) -> DeadlineWatch | None:
+        """On Colab (or with COLAB_MAGICS_RUNTIME_LIMIT set): show the runtime's end, sync before it."""
+        try:
+            end = deadline.runtime_end()
+            if end is None:
+                return None
+            return DeadlineWatch(end, self._before_the_end, deadline.margin()).start()
+        except ColabMagicsError as exc:  # a setting that does not parse: said once, nothing else stops
+            print(f"colab_magics: WARNING: no runtime deadline: {exc}", file=sys.stderr)
+            return None
+
+    def _before_the_end(self) -> None:
+        """The margin before the runtime's estimated end: every persist syncs now, and what is on the
+        Drive mount is flushed (which ends the persists to the mount).  Runs on the watch's thread;
+        what fails shows on the board, never as a traceback."""
+        running = list(self._persisters)
+        on_mount = any(p.where is Where.MOUNT for p in running) or any(
+            r.where == Where.MOUNT and r.direction == "up" for r in self.board.rows()
+        )
+        try:
+            if on_mount and host.drive_mounted():
+                flush(running)
+            else:
+                futures.wait([persister.trigger() for persister in running])
+        except ColabMagicsError:
+            pass  # published by the sync or the flush that failed
+        except Exception as exc:  # never a thread traceback in the notebook
+            bus.publish(Event(0, deadline.DEADLINE_JOB, "up", "failed", message=str(exc) or type(exc).__name__))
+        finally:
+            self._persisters.difference_update(p for p in running if p.status().state == "stopped")
 
     # -- shared plumbing --------------------------------------------------------------------
     def _root(self) -> str | None:
@@ -148,6 +182,8 @@ class ColabMagics(Magics):
             except ColabMagicsError as exc:
                 print(f"colab_magics: final sync of {persister.local} failed: {exc}", file=sys.stderr)
         self._persisters.clear()
+        if self._deadline is not None:
+            self._deadline.stop()
         runner.stop_all()
         if self._panel is not None:
             self._panel.close()
@@ -285,6 +321,14 @@ class ColabMagics(Magics):
     def _finish(self, persister: Persister, failing: bool) -> None:
         """The final sync; while the cell's own error propagates, a sync error is printed, not raised."""
         self._persisters.discard(persister)
+        if persister.status().state == "stopped":  # ended by a flush of the Drive mount during the cell
+            self.board.set_pending(persister.name, *persister.pending())
+            print(
+                f"colab_magics: the persist of {persister.local} ended when the Drive mount was flushed; "
+                "changes since then are only on this machine: mount Drive and push them",
+                file=sys.stderr,
+            )
+            return
         try:
             outcome = self._call(lambda: persister.stop(final=True))
         except UsageError as exc:

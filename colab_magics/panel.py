@@ -71,7 +71,8 @@ def render_text(board: StatusBoard, now: float | None = None) -> str:
     """The compact text form: a header line and one line per job."""
     overall = board.overall()
     safe = "safe to disconnect" if overall.safe_to_disconnect else "NOT safe to disconnect"
-    lines = [f"colab_magics: {overall.state} \u2014 {safe} ({overall.detail})"]
+    left = overall.runtime_left(now)
+    lines = [f"colab_magics: {overall.state} \u2014 {safe} ({overall.detail})" + (f" \u00b7 {left}" if left else "")]
     for row in board.rows():
         lines.append(f"  {ARROWS.get(row.direction, ' ')} {row.name}: {row.state}; {describe(row, now)}")
         if row.state == FAILED and row.error:
@@ -204,6 +205,9 @@ class Panel:
             f"<span class='cm-safe'>{safe}</span></div>"
             f"<div class='cm-overall-detail' style='color:#5f6368'>{html.escape(overall.detail)}</div>"
         )
+        left = overall.runtime_left(now)
+        if left:
+            self.header.value += f"<div class='cm-runtime-left' style='color:#5f6368'>{html.escape(left)}</div>"
         paused = any(p.status().state == "paused" for p in self.persisters())
         self.pause.description = "Resume" if paused else "Pause"
         rows = self.board.rows()

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import humanize
+
 from .events import Event, EventBus, Progress, bus
 from .safety import FLUSHED, Where
 
@@ -37,6 +39,16 @@ class Overall:
     state: str  # "synced", "syncing", "pending changes", "error", or "idle" when nothing ran
     safe_to_disconnect: bool
     detail: str
+    ends_at: float | None = None  # the runtime's estimated end (Unix time), where one is known
+
+    def runtime_left(self, now: float | None = None) -> str:
+        """"runtime ends in about 25 minutes", or "" where no end is known."""
+        if self.ends_at is None:
+            return ""
+        left = self.ends_at - (now or time.time())
+        if left <= 0:
+            return "runtime past its estimated end"
+        return f"runtime ends in about {humanize.naturaldelta(left)}"
 
 
 class StatusBoard:
@@ -46,11 +58,16 @@ class StatusBoard:
         self._rows: dict[str, Row] = {}
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        self._ends_at: float | None = None  # the runtime's estimated end, where one is known
         self._unsubscribe = (events or bus).subscribe(self._on_event)
 
     def _on_event(self, event: Event) -> None:
         if event.kind == "flushed":
-            self._flushed(event.at)
+            self._flushed(event.name, event.at)
+            return
+        if event.kind == "deadline":
+            with self._lock:
+                self._ends_at = event.at
             return
         with self._lock:
             row = self._rows.get(event.name) or Row(event.name, event.direction, RUNNING, Progress(), event.at)
@@ -69,13 +86,14 @@ class StatusBoard:
         for listener in listeners:
             listener()
 
-    def _flushed(self, at: float) -> None:
+    def _flushed(self, flush: str, at: float) -> None:
         """Drive's flush succeeded: what reached the mount before it is on Drive now."""
         with self._lock:
             for name, row in self._rows.items():
                 if row.where == Where.MOUNT and row.state == DONE and (row.last_success or at) <= at:
                     summary = row.summary.replace(Where.MOUNT.caveat(), FLUSHED)
                     self._rows[name] = replace(row, where=Where.REMOTE.value, summary=summary)
+            self._rows[flush] = Row(flush, "up", DONE, Progress(), at, at, FLUSHED, where=Where.REMOTE.value)
             listeners = list(self._listeners)
         for listener in listeners:
             listener()
@@ -98,6 +116,11 @@ class StatusBoard:
         """Safe to disconnect only when everything uploaded is verified on a remote: not while an upload
         failed, runs or has changes pending, and not when it went to this machine or a mount's cache.
         A failed or running download (a stage) shows, but puts nothing of the user's at risk."""
+        with self._lock:
+            ends_at = self._ends_at
+        return replace(self._overall(), ends_at=ends_at)
+
+    def _overall(self) -> Overall:
         rows = self.rows()
         if not rows:
             return Overall("idle", True, "nothing has run yet")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -102,3 +103,25 @@ def foreign(request, third_party_server, monkeypatch) -> Remote:
         monkeypatch.setenv(key, value)
     name = request.node.name.split("[")[0][:40]
     return Remote(third_party_server.name, third_party_server.root(name), None)  # type: ignore[arg-type]
+
+
+FAKE = str(Path(__file__).parent / "fake_colab")
+
+
+@pytest.fixture
+def colab(tmp_path, monkeypatch):
+    """A Colab runtime with nothing configured and Drive not mounted yet; returns the calls made to Colab."""
+    monkeypatch.delenv("COLAB_MAGICS_REMOTE")
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-fake")
+    monkeypatch.setenv("COLAB_MAGICS_DRIVE_MOUNT", str(tmp_path / "drive"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data-home"))  # where the embedded folder would go
+    monkeypatch.setenv("FAKE_COLAB_LOG", str(tmp_path / "colab-calls.jsonl"))
+    monkeypatch.syspath_prepend(FAKE)
+    for name in [m for m in sys.modules if m == "google.colab" or m.startswith("google.colab.")]:
+        monkeypatch.delitem(sys.modules, name)
+
+    def calls() -> list[dict]:
+        log = tmp_path / "colab-calls.jsonl"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    return calls

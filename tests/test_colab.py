@@ -8,7 +8,6 @@ is labelled as kept on this machine only.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,27 +17,6 @@ import pytest
 from IPython.core.error import UsageError
 
 import colab_magics as cm
-
-FAKE = str(Path(__file__).parent / "fake_colab")
-
-
-@pytest.fixture
-def colab(tmp_path, monkeypatch):
-    """A Colab runtime with nothing configured and Drive not mounted yet; returns the calls made to Colab."""
-    monkeypatch.delenv("COLAB_MAGICS_REMOTE")
-    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-fake")
-    monkeypatch.setenv("COLAB_MAGICS_DRIVE_MOUNT", str(tmp_path / "drive"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data-home"))  # where the embedded folder would go
-    monkeypatch.setenv("FAKE_COLAB_LOG", str(tmp_path / "colab-calls.jsonl"))
-    monkeypatch.syspath_prepend(FAKE)
-    for name in [m for m in sys.modules if m == "google.colab" or m.startswith("google.colab.")]:
-        monkeypatch.delitem(sys.modules, name)
-
-    def calls() -> list[dict]:
-        log = tmp_path / "colab-calls.jsonl"
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-    return calls
 
 
 def test_colab_without_drive_mounts_it_and_says_the_upload_is_pending(colab, ip, tmp_path, monkeypatch, capsys):
@@ -150,7 +128,9 @@ def test_a_failed_flush_says_so_in_one_line_and_stays_not_safe(colab, ip, tmp_pa
     assert "runtime.unassign" not in [c["call"] for c in colab()]  # never end a runtime whose data is not out
     capsys.readouterr()
     ip.run_line_magic("drive_status", "")
-    assert "NOT safe to disconnect (on the Drive mount, upload pending" in capsys.readouterr().out
+    status = capsys.readouterr().out
+    assert status.startswith("colab_magics: error \u2014 NOT safe to disconnect (Drive mount: Google Drive's flush failed")
+    assert "on the Drive mount, upload pending" in status
 
 
 def test_flush_ends_persists_to_the_mount_syncs_the_others_and_nothing_writes_into_the_empty_mount(colab, tmp_path):
@@ -169,8 +149,8 @@ def test_flush_ends_persists_to_the_mount_syncs_the_others_and_nothing_writes_in
         report = flush([on_mount, elsewhere])
         assert report.ended == [on_mount.name] and report.synced == [elsewhere.name]
         assert on_mount.status().state == "stopped" and elsewhere.status().state != "stopped"
-        for manifest in (_flushed_drive(tmp_path) / "a" / "manifest.json", tmp_path / "elsewhere" / "b" / "manifest.json"):
-            assert "model.pt" in manifest.read_text()
+        for manifest in (_flushed_drive(tmp_path) / "a", tmp_path / "elsewhere" / "b"):
+            assert "model.pt" in (manifest / "manifest.json").read_text()
         with pytest.raises(BadInput) as info:
             on_mount.sync()
         assert "which is not mounted" in str(info.value) and "\n" not in str(info.value)
