@@ -41,6 +41,10 @@ class QuotaError(RcloneError):
     """The remote refused because of a rate limit or a storage or transfer quota."""
 
 
+class NoRoom(ColabMagicsError):
+    """The destination has less room than the upload needs (checked before anything is sent)."""
+
+
 class TransferCancelled(ColabMagicsError):
     """The transfer was stopped on request (Ctrl-C or cancel())."""
 

@@ -54,6 +54,8 @@ class Event:
     message: str = ""
     at: float = field(default_factory=time.time)
     where: str = ""  # for uploads: the destination's safety class (:class:`colab_magics.safety.Where`)
+    free_bytes: int | None = None  # for uploads: room left at the destination, where it says
+    trash_bytes: int | None = None  # of the used space, what sits in Drive's Trash
 
 
 class EventBus:
@@ -172,6 +174,7 @@ class Job:
         self.name = name
         self.direction = direction
         self.where = where
+        self.room: tuple[int | None, int | None] = (None, None)  # free, trashed (see found_room)
         self._events = events or bus
         self._started = time.monotonic()
         self._lock = threading.Lock()
@@ -195,7 +198,10 @@ class Job:
         return Progress(self._done_bytes, self._total_bytes, rate, eta, self._done_files, self._total_files, self._note)
 
     def _publish(self, kind: str, message: str = "") -> None:
-        self._events.publish(Event(self.id, self.name, self.direction, kind, self.progress, message, where=self.where))
+        self._events.publish(
+            Event(self.id, self.name, self.direction, kind, self.progress, message, where=self.where,
+                  free_bytes=self.room[0], trash_bytes=self.room[1])
+        )  # fmt: skip
 
     def _maybe_publish(self, force: bool) -> None:
         now = time.monotonic()
@@ -246,6 +252,10 @@ class Job:
     def finish(self, summary: str) -> None:
         self._maybe_publish(force=True)
         self._publish("finished", summary)
+
+    def found_room(self, free: int, trashed: int | None) -> None:
+        """The destination's room, measured before the upload: said by every later event."""
+        self.room = (free, trashed)
 
     def fail(self, error: str) -> None:
         self._publish("failed", error)

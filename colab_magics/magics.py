@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import shlex
-from concurrent import futures
 import sys
 import time
+from concurrent import futures
 from typing import Any, Callable
 
 from IPython.core.error import UsageError

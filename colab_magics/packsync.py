@@ -40,6 +40,7 @@ from .manifest import (
 )
 from .pack import Piece, plan, write_part
 from .runner import RcloneProcess
+from .space import check_room
 from .transfer import STALE_SECONDS, Context, Result, abort_stale_uploads, age, quietly, short_id, sweep
 
 LOCK_NAME = ".cm-lock.json"
@@ -146,6 +147,8 @@ class PackedSync:
         to_upload = sorted(p for p in current if p not in served)
         total = sum(current[p].size for p in to_upload)
         self.ctx.job.update(total_bytes=total, total_files=len(to_upload))
+        if self.opt.compression == "none":  # tar parts are at least as large as what they hold
+            check_room(self.ctx, self.dest, total)
 
         new_parts: list[tuple[PartEntry, list[Piece]]] = []
         torn: set[str] = set()

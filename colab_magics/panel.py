@@ -62,6 +62,9 @@ def describe(row: Row, now: float | None = None) -> str:
     elif row.state == DONE and row.summary:
         bits.append(_WHERE.sub(" in ", row.summary, count=1))  # the row already says which job
     bits.append(f"last success {_ago(age(row.last_success, now))}")
+    if row.free_bytes is not None:
+        trash = f" (Trash {_size(row.trash_bytes)})" if row.trash_bytes else ""
+        bits.append(f"{_size(row.free_bytes)} free there{trash}")
     if row.pending_files:
         bits.append(f"pending {row.pending_files:,} file(s), {_size(row.pending_bytes)}")
     return " \u00b7 ".join(bits)

@@ -23,6 +23,7 @@ from .manifest import DEFAULT_PART_SIZE
 from .packsync import PackedSync, SyncOptions
 from .runner import Rclone
 from .safety import where
+from .space import check_room
 from .transfer import (
     Context,
     Result,
@@ -97,23 +98,16 @@ def _result(ctx: Context, src: str, dest: str, kind: str, files: int, size: int,
 
 
 # -- plain mode ------------------------------------------------------------------------------
-def _parent(dest: str) -> tuple[str, str]:
-    """(the folder that holds ``dest``, its name), also at the top of a remote or of the file system."""
-    head, sep, path = dest.partition(":") if remotes.is_remote(dest) else ("", "", dest)
-    parent, _, name = path.rstrip("/").rpartition("/")
-    return f"{head}{sep}{parent or ('/' if path.startswith('/') else '')}", name
-
-
 def _beside(dest: str, suffix: str) -> str:
     """A hidden temporary name next to ``dest`` (never inside it: rclone refuses to move a folder
     into itself)."""
-    parent, name = _parent(dest)
+    parent, name = remotes.parent(dest)
     return remotes.join(parent, f".{name}.{suffix}")
 
 
 def _sweep_beside(ctx: Context, dest: str) -> None:
     """Remove what killed plain pushes to ``dest`` left beside it (``.NAME.cm-upload-*``, ``NAME.cm-tmp-*``)."""
-    parent, name = _parent(dest)
+    parent, name = remotes.parent(dest)
     ours = (f".{name}.cm-upload-", f"{name}.cm-tmp-")
     sweep(ctx, parent, ours)
     abort_stale_uploads(ctx, [remotes.join(parent, p) for p in ours])
@@ -135,6 +129,7 @@ def _push_file(ctx: Context, src: str, dest: str) -> Result:
     before = os.stat(src)
     ctx.job.update(total_bytes=before.st_size, total_files=1)
     tmp = f"{dest}.cm-tmp-{short_id()}"
+    check_room(ctx, dest, before.st_size)  # the new copy goes up beside the old one
     try:
         ctx.run("copyto", src, tmp, stats=True)
         after = os.stat(src)
@@ -203,8 +198,11 @@ def _push_folder(ctx: Context, src: str, dest: str) -> Result:
     args = ["copy", src, tmp, "--create-empty-src-dirs", *keep_names, "--transfers", "8", "--checkers", "16"]
     args += ["--checksum"] if info.hashes else []
     try:
-        ctx.run("mkdir", dest)
         there = _listing(ctx, dest, info.hashes[:1])
+        # at least the files that are new or changed size go up (same-size changes may add more)
+        grown = [_remote_size(s) for n, s in states.items() if there.get(n, (-1,))[0] != _remote_size(s)]
+        check_room(ctx, dest, sum(grown))
+        ctx.run("mkdir", dest)
         changed = _copy(ctx, *args, "--compare-dest", dest)
         # what --compare-dest took for unchanged without being able to compare: same size and no hash
         blind = [

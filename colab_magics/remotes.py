@@ -95,6 +95,13 @@ def join(base: str, *parts: str) -> str:
     return path
 
 
+def parent(dest: str) -> tuple[str, str]:
+    """(the folder that holds ``dest``, its name), also at the top of a remote or of the file system."""
+    head, sep, path = dest.partition(":") if is_remote(dest) else ("", "", dest)
+    folder, _, name = path.rstrip("/").rpartition("/")
+    return f"{head}{sep}{folder or ('/' if path.startswith('/') else '')}", name
+
+
 def basename(path: str) -> str:
     """Last component of a local or remote path (``gdrive:a/b/`` gives ``b``)."""
     tail = path.split(":", 1)[1] if is_remote(path) else path
@@ -144,6 +151,7 @@ class RemoteInfo:
     hashes: tuple[str, ...]
     atomic_uploads: bool  # a file appears at its final name only when complete
     modtime_precision_s: float | None  # None: the remote keeps no modification times
+    about: bool = False  # reports its quota and free space (``rclone about``)
 
     @property
     def md5(self) -> bool:
@@ -172,7 +180,7 @@ def _info(binary: str, flags: tuple[str, ...], root: str) -> RemoteInfo:
     precision_ns = int(data.get("Precision", 0) or 0)
     precision = None if precision_ns >= 3600 * 10**9 else precision_ns / 1e9
     atomic = kind in _ATOMIC_TYPES or bool(features.get("PartialUploads"))
-    return RemoteInfo(kind, tuple(data.get("Hashes") or ()), atomic, precision)
+    return RemoteInfo(kind, tuple(data.get("Hashes") or ()), atomic, precision, bool(features.get("About")))
 
 
 def remote_info(rclone: Rclone, path: str) -> RemoteInfo:

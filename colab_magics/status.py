@@ -32,6 +32,8 @@ class Row:
     pending_files: int = 0  # for persists: local changes not on the remote yet
     pending_bytes: int = 0
     where: str = ""  # uploads: where the data really lives (a :class:`Where` value)
+    free_bytes: int | None = None  # uploads: room left at the destination, where it says
+    trash_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class StatusBoard:
         with self._lock:
             row = self._rows.get(event.name) or Row(event.name, event.direction, RUNNING, Progress(), event.at)
             row = replace(row, where=event.where or row.where)
+            if event.free_bytes is not None:
+                row = replace(row, free_bytes=event.free_bytes, trash_bytes=event.trash_bytes)
             if event.kind in ("started", "progress"):
                 row = replace(row, state=RUNNING, progress=event.progress, updated=event.at)
             elif event.kind == "finished":

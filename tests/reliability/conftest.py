@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -135,18 +134,6 @@ def dav(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 24 MiB tmpfs: a disk that fills up (skipped where tmpfs cannot be mounted)."""
-    folder = tmp_path / "small-disk"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    yield folder
-    subprocess.run(["umount", str(folder)], capture_output=True)
 
 
 # -- leaks -------------------------------------------------------------------------------------

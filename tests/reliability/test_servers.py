@@ -202,6 +202,20 @@ def test_multipart_uploads_left_by_killed_runs_are_aborted_by_the_next_run(forei
         Rclone().run("backend", "cleanup", remotes.join(foreign.root, name), "-o", "max-age=0s")
 
 
+def test_an_upload_that_cannot_fit_is_refused_where_the_server_reports_its_room(
+    foreign, third_party_server, small_disk, tmp_path
+):
+    if third_party_server.kind != "sftp":
+        pytest.skip("S3 and WebDAV servers here report no free space; the upload's own error stays loud there")
+    src = _checkpoints(tmp_path / "run")
+    (src / "big.bin").write_bytes(os.urandom(30 << 20))
+    dest = f"{third_party_server.name}:{small_disk}/ds"
+    with pytest.raises(errors.NoRoom) as info:
+        cm.push(src, dest, pack=True)
+    assert "needs at least 30.1 MiB" in str(info.value) and "\n" not in str(info.value)
+    assert os.listdir(small_disk) == []
+
+
 PATIENCE = 15.0  # seconds a remote may stay silent before a call gives up (60 by default)
 
 
