@@ -195,11 +195,12 @@ class ColabMagics(Magics):
         """Show what is synced, what is pending, how fast, what failed, and whether it is safe to disconnect."""
         if line.strip():
             raise UsageError("%drive_status takes no arguments")
+        for p in self._persisters:  # asked for now: measured now, not at the next look
+            p.publish_pending()
+        bus.flush()
         if self._widgets():
             self._show_panel()
         else:
-            for p in self._persisters:
-                self.board.set_pending(p.name, *p.pending())
             print(render_text(self.board))
 
     @magic_arguments()
@@ -322,7 +323,8 @@ class ColabMagics(Magics):
         """The final sync; while the cell's own error propagates, a sync error is printed, not raised."""
         self._persisters.discard(persister)
         if persister.status().state == "stopped":  # ended by a flush of the Drive mount during the cell
-            self.board.set_pending(persister.name, *persister.pending())
+            persister.publish_pending()
+            bus.flush()
             print(
                 f"colab_magics: the persist of {persister.local} ended when the Drive mount was flushed; "
                 "changes since then are only on this machine: mount Drive and push them",
@@ -336,9 +338,6 @@ class ColabMagics(Magics):
                 raise
             print(f"colab_magics: final sync failed: {exc}", file=sys.stderr)
             return
-        self.board.set_pending(persister.name, *persister.pending())  # it is gone from the refresh list
-        if self._panel is not None:
-            self._panel.refresh()
         result = outcome.result  # type: ignore[attr-defined]
         when = time.strftime("%H:%M:%S")
         pending = outcome.deferred  # type: ignore[attr-defined]

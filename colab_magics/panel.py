@@ -192,12 +192,9 @@ class Panel:
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read pending changes and every row into the widgets (safe from any thread)."""
+        """Re-read every row into the widgets (safe from any thread); never touches the disk."""
         with self._lock:
             self._last = time.monotonic()
-        for p in self.persisters():
-            files, size = p.pending()
-            self.board.set_pending(p.name, files, size)
         overall = self.board.overall()
         now = time.time()
         safe = "safe to disconnect" if overall.safe_to_disconnect else "not safe to disconnect"

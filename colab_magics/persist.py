@@ -29,7 +29,7 @@ from typing import Callable
 
 from . import localtree, remotes
 from .errors import ColabMagicsError, LockHeld, LockLost, VerificationError
-from .events import EventBus, Job
+from .events import Event, EventBus, Job, Progress, bus
 from .host import require_drive_mounted
 from .manifest import DEFAULT_PART_SIZE, MANIFEST_NAME, FileEntry, Manifest
 from .packsync import LOCK_NAME, PackedSync, SyncOptions, SyncOutcome
@@ -42,6 +42,7 @@ from .transfer import Context, Result, quietly, read_json, state_dir, write_json
 DEFAULT_EVERY = 300.0
 MIN_EVERY = 1.0  # what the magics accept: every sync costs requests against the remote's quota
 LOCK_TTL = 90.0  # a killed kernel's lock blocks a new writer for at most this long
+PENDING_EVERY = 5.0  # seconds between two looks for changes not synced yet (longer for huge folders)
 
 Clock = Callable[[], float]  # wall-clock seconds; injected by tests so that expiry needs no sleeping
 
@@ -227,6 +228,7 @@ class Persister:
             return self.sync(settle=0.0) if final else None
         finally:
             self._set(state="stopped")
+            self.publish_pending()
             self.lock.release(self._context())
             for future in self._drain_waiting():
                 if not future.done():
@@ -257,6 +259,13 @@ class Persister:
             f for f in localtree.scan(self.local).files if known.get(f.path) != (f.path, f.size, f.mtime_ns, f.mode)
         ]
         return len(changed), sum(f.size for f in changed)
+
+    def publish_pending(self) -> tuple[int, int]:
+        """Measure :meth:`pending` and publish it (the views never walk the folder themselves)."""
+        files, size = self.pending()
+        progress = Progress(total_bytes=size, total_files=files)
+        (self.events or bus).publish(Event(0, self.name, "up", "pending", progress, where=self.where))
+        return files, size
 
     def status(self) -> PersistStatus:
         with self._state_lock:
@@ -290,18 +299,23 @@ class Persister:
                 s.state, s.last_error, s.pending = ("paused" if self._paused else "idle"), "", outcome.deferred
                 s.last_sync, s.syncs, s.last_result = self.clock(), s.syncs + 1, outcome.result
             ctx.job.finish(outcome.result.summary())
+            self.publish_pending()
             return outcome
 
     def _loop(self) -> None:
         beat = self.lock.ttl / 3
         next_sync = time.monotonic() + self.every
         next_beat = time.monotonic() + beat
+        next_look = time.monotonic()
         while not self._stop.is_set():
-            self._wake.wait(max(0.0, min(next_sync, next_beat) - time.monotonic()))
+            self._wake.wait(max(0.0, min(next_sync, next_beat, next_look) - time.monotonic()))
             self._wake.clear()
             if self._stop.is_set():
                 break
             now = time.monotonic()
+            if now >= next_look:  # what is not on the remote yet, for the status views
+                self.publish_pending()
+                next_look = time.monotonic() + max(PENDING_EVERY, 20 * (time.monotonic() - now))
             # a deadline can never lie further ahead than one period, whatever a clock did
             next_sync, next_beat = min(next_sync, now + self.every), min(next_beat, now + beat)
             if now >= next_beat and self._lost is None:

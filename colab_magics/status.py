@@ -67,6 +67,9 @@ class StatusBoard:
         if event.kind == "flushed":
             self._flushed(event.name, event.at)
             return
+        if event.kind == "pending":
+            self._set_pending(event.name, event.progress.total_files, event.progress.total_bytes, event.where)
+            return
         if event.kind == "deadline":
             with self._lock:
                 self._ends_at = event.at
@@ -102,11 +105,14 @@ class StatusBoard:
         for listener in listeners:
             listener()
 
-    def set_pending(self, name: str, files: int, size: int) -> None:
-        """Record local changes not synced yet (measured by the owner of the persist)."""
+    def _set_pending(self, name: str, files: int, size: int, where: str) -> None:
+        """Local changes not synced yet, as the persist measured them."""
         with self._lock:
-            row = self._rows.get(name) or Row(name, "up", WAITING, Progress(), time.time())
+            row = self._rows.get(name) or Row(name, "up", WAITING, Progress(), time.time(), where=where)
             self._rows[name] = replace(row, pending_files=files, pending_bytes=size)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
 
     def on_change(self, listener: Callable[[], None]) -> None:
         with self._lock:

@@ -90,6 +90,8 @@ def test_sync_now_and_pause_drive_the_persist(board, tmp_path):
     try:
         panel = Panel(b, lambda: [p])
         (local / "ckpt.pt").write_bytes(b"x" * 1000)
+        p.publish_pending()  # the persist's next look (every few seconds), now
+        bus.flush()
         panel.refresh()
         assert "pending changes" in panel.header.value and "not safe" in panel.header.value
         futures = panel.trigger()  # what the "Sync now" button does
@@ -99,6 +101,8 @@ def test_sync_now_and_pause_drive_the_persist(board, tmp_path):
         assert "synced" in panel.header.value
         assert "last success" in panel._rows["persist outputs"]["detail"].value
         (local / "more.txt").write_text("new")
+        p.publish_pending()
+        bus.flush()
         panel.refresh()
         assert "pending changes" in panel.header.value and "1 changed file" in panel.header.value
         panel.pause.click()
@@ -152,3 +156,22 @@ def test_terminal_shell_gets_the_text_form(ip, tmp_path, capsys, monkeypatch):
     assert "synced" in out and "push data" in out and len(out.splitlines()) <= 5
     with pytest.raises(UsageError):
         ip.run_line_magic("drive_status", "extra")
+
+
+def test_a_persist_reports_its_pending_changes_by_itself(board, tmp_path):
+    """The views never walk the folder: the persist looks every few seconds and publishes what it saw."""
+    bus, b = board
+    local = tmp_path / "outputs"
+    local.mkdir()
+    seen = threading.Event()
+    bus.subscribe(lambda e: seen.set() if e.kind == "pending" and e.progress.total_files == 2 else None)
+    p = Persister(local, every=3600, events=bus)
+    p.start()
+    try:
+        (local / "a.pt").write_bytes(b"a")
+        (local / "b.pt").write_bytes(b"b")
+        assert seen.wait(60), "no look at the folder within a minute"
+        bus.flush()
+        assert "2 changed file(s) not on the remote yet" in render_text(b)
+    finally:
+        p.stop()
