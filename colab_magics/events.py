@@ -21,6 +21,9 @@ Listener = Callable[["Event"], None]
 _job_ids = itertools.count(1)
 
 
+MEANINGFUL_BYTES = 1 << 20  # below this much moved, a transfer rate is noise
+
+
 @dataclass(frozen=True)
 class Progress:
     """Where a job stands; totals are 0 while unknown, ``eta`` is seconds or None."""
@@ -32,6 +35,11 @@ class Progress:
     done_files: int = 0
     total_files: int = 0
     note: str = ""  # what holds the job up now, e.g. "remote unreachable, retrying (2)"
+
+    @property
+    def rate_means_something(self) -> bool:
+        """A rate is worth showing once enough has moved; "49 Bytes/s" for a tiny sync is noise."""
+        return self.rate > 0 and self.done_bytes >= MEANINGFUL_BYTES
 
 
 def plausible_eta(eta: object, rate: float) -> float | None:

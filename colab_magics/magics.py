@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import threading
 import time
 from concurrent import futures
 from typing import Any, Callable
@@ -25,7 +26,7 @@ from .errors import ColabMagicsError
 from .events import Event, bus
 from .flush import flush
 from .manifest import DEFAULT_PART_SIZE
-from .panel import render_text
+from .panel import render_html, render_text
 from .persist import MIN_EVERY, Persister
 from .push import push
 from .safety import Where
@@ -33,6 +34,7 @@ from .stage import RESUME_HINT, stage
 from .status import StatusBoard
 from .text import ProgressPrinter
 from .units import parse_duration, parse_size
+from .webpanel import WebPanel
 
 
 def _env(name: str, default: str = "") -> str:
@@ -60,7 +62,7 @@ class ColabMagics(Magics):
         self._persisters: set[Persister] = set()
         self.board = StatusBoard()
         self._panel: Any = None
-        self._panel_cell: int | None = None  # the execution count of the cell that shows it
+        self._panel_shown = False  # once a session; %drive_status shows it again
         self._warned = False  # the "this machine only" warning is said once a session
         self._deadline = self._watch_deadline()
 
@@ -122,34 +124,98 @@ class ColabMagics(Magics):
                 file=sys.stderr,
             )
 
-    def _widgets(self) -> bool:
-        """True in a kernel whose front-end can render widgets (Jupyter, Colab) with ipywidgets installed."""
+    def _panel_kind(self) -> str:
+        """"web" on Colab (its clicks act while a cell runs; see webpanel), "widgets" in other kernels
+        with ipywidgets, "text" elsewhere; ``COLAB_MAGICS_PANEL`` chooses among them."""
         try:
-            import ipywidgets  # noqa: F401
             from ipykernel.zmqshell import ZMQInteractiveShell
         except ImportError:
+            return "text"
+        if not isinstance(self.shell, ZMQInteractiveShell):
+            return "text"
+        chosen = _env("COLAB_MAGICS_PANEL").strip().lower()
+        if chosen in ("web", "text"):
+            return chosen
+        if chosen != "widgets" and host.on_colab():
+            return "web"
+        try:
+            import ipywidgets  # noqa: F401
+        except ImportError:
+            return "text"
+        return "widgets"
+
+    def _show_panel(self, again: bool = False) -> bool:
+        """Show the live panel once a session (``again``: once more, for %drive_status); False where
+        there is none (a terminal IPython: text instead)."""
+        from IPython.display import display
+
+        kind = self._panel_kind()
+        if kind == "text":
             return False
-        return isinstance(self.shell, ZMQInteractiveShell)
-
-    def _show_panel(self) -> None:
-        """Show the panel in the current cell, once; later calls in the cell update the same one."""
         if self._panel is None:
-            from .panel import Panel
+            if kind == "web":
+                self._panel = WebPanel(self._web_state, self._web_actions())
+            else:
+                from .panel import Panel
 
-            self._panel = Panel(self.board, lambda: list(self._persisters))
-        count = getattr(self.shell, "execution_count", None)
-        if self._panel_cell != count:
-            self._panel_cell = count
-            self._panel.show()
-        self._panel.refresh()
+                self._panel = Panel(self.board, lambda: list(self._persisters))
+        if again or not self._panel_shown:
+            self._panel_shown = True
+            if isinstance(self._panel, WebPanel):
+                display(self._panel.bundle(), raw=True)
+            else:
+                self._panel.show()
+        self._refresh_panel()
+        return True
+
+    def _refresh_panel(self) -> None:
+        if self._panel is not None and not isinstance(self._panel, WebPanel):  # the web panel polls
+            self._panel.refresh()
+
+    def _web_state(self) -> dict:
+        """What the web panel shows (its server's thread): the board as HTML; no disk is touched."""
+        return {"html": render_html(self.board), "paused": any(p.status().state == "paused" for p in self._persisters)}
+
+    def _web_actions(self) -> dict[str, Callable[[], str]]:
+        def sync() -> str:
+            running = list(self._persisters)
+            for persister in running:
+                persister.trigger()
+            return f"syncing {len(running)} persist(s) now" if running else "no %%persist is running"
+
+        def pause(paused: bool) -> str:
+            running = list(self._persisters)
+            for persister in running:
+                persister.pause() if paused else persister.resume()
+            if not running:
+                return "no %%persist is running"
+            return "background syncs paused" if paused else "background syncs resumed"
+
+        def flush_drive() -> str:
+            running = list(self._persisters)
+
+            def work() -> None:
+                try:
+                    flush(running)
+                except ColabMagicsError:
+                    pass  # on the board, which the page shows
+                finally:
+                    self._persisters.difference_update(p for p in running if p.status().state == "stopped")
+
+            threading.Thread(target=work, name="colab_magics-flush", daemon=True).start()
+            return "flushing the Drive mount: the status says when it is done"
+
+        return {"sync": sync, "pause": lambda: pause(True), "resume": lambda: pause(False), "flush": flush_drive}
 
     def _call(self, work: Callable[[], object]) -> object:
-        """Run engine work with progress shown; expected failures become one UsageError line."""
-        if self._widgets():
-            self._show_panel()
-            unsubscribe = lambda: None  # the panel follows the events itself
-        else:
-            unsubscribe = bus.subscribe(ProgressPrinter(sys.stdout))
+        """Run engine work with progress shown; expected failures become one UsageError line.
+
+        The panel is shown in the first cell that runs something; later cells print their own
+        progress on one line that rewrites itself."""
+        shown_here = not self._panel_shown and self._show_panel()
+        unsubscribe = (lambda: None) if shown_here else bus.subscribe(
+            ProgressPrinter(sys.stdout, interval=0.5, rewrite=True, delay=2.0)
+        )
         try:
             return work()
         except ColabMagicsError as exc:
@@ -157,13 +223,11 @@ class ColabMagics(Magics):
         finally:
             bus.flush()
             unsubscribe()
-            if self._panel is not None:
-                self._panel.refresh()
+            self._refresh_panel()
 
     def after_cell(self, result: object = None) -> None:
         """``post_run_cell``: refresh the panel from the main thread (Colab drops thread updates)."""
-        if self._panel is not None:
-            self._panel.refresh()
+        self._refresh_panel()
 
     @staticmethod
     def _parse(magic: Callable[..., object], line: str) -> object:
@@ -198,9 +262,7 @@ class ColabMagics(Magics):
         for p in self._persisters:  # asked for now: measured now, not at the next look
             p.publish_pending()
         bus.flush()
-        if self._widgets():
-            self._show_panel()
-        else:
+        if not self._show_panel(again=True):
             print(render_text(self.board))
 
     @magic_arguments()

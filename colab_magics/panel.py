@@ -31,6 +31,9 @@ _COLORS = {
 }
 
 
+# the text form of a live panel in a saved notebook or a log: what it is, never a status that goes stale
+PANEL_TEXT = "colab_magics live panel (it needs the running kernel; %drive_status prints the status)"
+
 _WHERE = re.compile(r" from .+? to .+? in ")
 
 
@@ -51,7 +54,7 @@ def describe(row: Row, now: float | None = None) -> str:
             bits.append(f"{_size(p.done_bytes)} of {_size(p.total_bytes)}")
         elif p.done_bytes:
             bits.append(_size(p.done_bytes))
-        if p.rate > 0:
+        if p.rate_means_something:
             bits.append(f"{_size(p.rate)}/s")
         if p.eta is not None and p.total_bytes > p.done_bytes:
             bits.append(f"ETA {humanize.naturaldelta(p.eta)}")
@@ -81,6 +84,48 @@ def render_text(board: StatusBoard, now: float | None = None) -> str:
         if row.state == FAILED and row.error:
             lines.append(f"      error: {row.error}")
     return "\n".join(lines)
+
+
+def header_html(board: StatusBoard, now: float) -> str:
+    """The header: state, safe to disconnect or not, what decides it, and the runtime's time left."""
+    overall = board.overall()
+    safe = "safe to disconnect" if overall.safe_to_disconnect else "not safe to disconnect"
+    color = _COLORS.get(overall.state, "#5f6368")
+    out = (
+        f"<div class='cm-state' style='font-weight:600'>"
+        f"<span style='color:{color}'>\u25cf {html.escape(overall.state)}</span> \u2014 "
+        f"<span class='cm-safe'>{safe}</span></div>"
+        f"<div class='cm-overall-detail' style='color:#5f6368'>{html.escape(overall.detail)}</div>"
+    )
+    left = overall.runtime_left(now)
+    if left:
+        out += f"<div class='cm-runtime-left' style='color:#5f6368'>{html.escape(left)}</div>"
+    return out
+
+
+def _fraction(row: Row) -> float:
+    if row.state == DONE:
+        return 1.0
+    p = row.progress
+    return min(1.0, p.done_bytes / p.total_bytes) if p.total_bytes else 0.0
+
+
+def render_html(board: StatusBoard, now: float | None = None) -> str:
+    """The whole panel as one piece of HTML (the web panel's body): header, then a line per job."""
+    now = time.time() if now is None else now
+    lines = [header_html(board, now)]
+    for row in board.rows():
+        color = {"done": "#1e8e3e", "failed": "#d93025"}.get(row.state, "#1a73e8")
+        error = html.escape(row.error)
+        error = f"<div class='cm-error' style='color:#d93025'>error: {error}</div>" if error else ""
+        lines.append(
+            f"<div class='cm-row' data-state='{row.state}' style='margin-top:4px'>"
+            f"<b>{ARROWS.get(row.direction, '')} {html.escape(row.name)}</b> "
+            f"<span class='cm-row-state' style='color:{color}'>{row.state}</span> "
+            f"<progress max='1' value='{_fraction(row):.3f}' style='width:8em;vertical-align:middle'></progress> "
+            f"<span class='cm-detail'>{html.escape(describe(row, now))}</span>{error}</div>"
+        )
+    return "".join(lines)
 
 
 _subshell: list = []  # the kernel subshell that handles the panel's clicks, made once
@@ -195,19 +240,8 @@ class Panel:
         """Re-read every row into the widgets (safe from any thread); never touches the disk."""
         with self._lock:
             self._last = time.monotonic()
-        overall = self.board.overall()
         now = time.time()
-        safe = "safe to disconnect" if overall.safe_to_disconnect else "not safe to disconnect"
-        color = _COLORS.get(overall.state, "#5f6368")
-        self.header.value = (
-            f"<div class='cm-state' style='font-weight:600'>"
-            f"<span style='color:{color}'>\u25cf {html.escape(overall.state)}</span> \u2014 "
-            f"<span class='cm-safe'>{safe}</span></div>"
-            f"<div class='cm-overall-detail' style='color:#5f6368'>{html.escape(overall.detail)}</div>"
-        )
-        left = overall.runtime_left(now)
-        if left:
-            self.header.value += f"<div class='cm-runtime-left' style='color:#5f6368'>{html.escape(left)}</div>"
+        self.header.value = header_html(self.board, now)
         paused = any(p.status().state == "paused" for p in self.persisters())
         self.pause.description = "Resume" if paused else "Pause"
         rows = self.board.rows()
@@ -234,31 +268,21 @@ class Panel:
         return parts
 
     def _fill(self, parts: dict, row: Row, now: float) -> None:
-        p = row.progress
         arrow = ARROWS.get(row.direction, "")
         parts["name"].value = f"<b>{arrow} {html.escape(row.name)}</b> <span class='cm-row-state'>{row.state}</span>"
-        if row.state == DONE:
-            fraction, style = 1.0, "success"
-        elif row.state == FAILED:
-            fraction, style = (p.done_bytes / p.total_bytes if p.total_bytes else 0.0), "danger"
-        else:
-            fraction, style = (p.done_bytes / p.total_bytes if p.total_bytes else 0.0), "info"
-        parts["bar"].value = min(1.0, fraction)
-        parts["bar"].bar_style = style
+        parts["bar"].value = _fraction(row)
+        parts["bar"].bar_style = {DONE: "success", FAILED: "danger"}.get(row.state, "info")
         parts["detail"].value = f"<span>{html.escape(describe(row, now))}</span>"
         parts["error"].value = (
             f"<span style='color:#d93025'>error: {html.escape(row.error)}</span>" if row.error else ""
         )
 
-    def text(self) -> str:
-        return render_text(self.board)
-
     def show(self) -> None:
-        """Display the widget with the text form beside it, for outputs read without widgets (logs)."""
+        """Display the widget; its text form names it and never goes stale in a saved notebook."""
         from IPython.display import display
 
         view = {"version_major": 2, "version_minor": 0, "model_id": self.widget.model_id}
-        display({"application/vnd.jupyter.widget-view+json": view, "text/plain": self.text()}, raw=True)
+        display({"application/vnd.jupyter.widget-view+json": view, "text/plain": PANEL_TEXT}, raw=True)
 
     def close(self) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ def progress_line(name: str, p: Progress) -> str:
         parts.append(f"{pct:3d}% {size(p.done_bytes)}/{size(p.total_bytes)}")
     else:
         parts.append(size(p.done_bytes))
-    if p.rate > 0:
+    if p.rate_means_something:
         parts.append(f"{size(p.rate)}/s")
     if p.eta is not None and p.total_bytes > 0 and p.done_bytes < p.total_bytes:
         parts.append("ETA " + humanize.naturaldelta(p.eta))
@@ -34,10 +34,15 @@ def progress_line(name: str, p: Progress) -> str:
 class ProgressPrinter:
     """Renders engine events on a stream, throttled."""
 
-    def __init__(self, stream: TextIO, interval: float | None = None) -> None:
+    def __init__(
+        self, stream: TextIO, interval: float | None = None, rewrite: bool | None = None, delay: float = 0.0
+    ) -> None:
         self.stream = stream
-        self.tty = stream.isatty()
+        # rewrite one line with "\r": terminals, and notebook outputs, which honour it too
+        self.tty = stream.isatty() if rewrite is None else rewrite
         self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
+        self.delay = delay  # a job shows progress only once it has run this long: quick ones just finish
+        self._first: dict[int, float] = {}
         self._last = 0.0
         self._width = 0
         self._lock = threading.Lock()
@@ -46,7 +51,7 @@ class ProgressPrinter:
         with self._lock:
             if event.kind == "progress":
                 now = time.monotonic()
-                if now - self._last < self.interval:
+                if now - self._first.setdefault(event.job_id, now) < self.delay or now - self._last < self.interval:
                     return
                 self._last = now
                 self._emit(progress_line(event.name, event.progress))

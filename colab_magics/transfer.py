@@ -21,7 +21,7 @@ import platformdirs
 
 from . import remotes
 from .errors import ColabMagicsError, RemoteNotFound, TransferCancelled, VerificationError
-from .events import EventBus, Job, Progress
+from .events import MEANINGFUL_BYTES, EventBus, Job, Progress
 from .remotes import remote_info
 from .runner import FAIL_FAST, Rclone, RcloneProcess
 from .safety import Where
@@ -253,9 +253,9 @@ class Result:
             what = f"{self.files:,} {_files(self.files)} ({size})"
             if self.moved_files is not None and self.moved_files != self.files:
                 what = f"{self.moved_files:,} changed of {self.files:,} files ({humanize.naturalsize(moved, binary=True)} of {size})"
-            line = (
-                f"{self.action} {what} from {self.source} to {self.dest} in {self.seconds:.1f}s ({rate}/s, {self.kind})"
-            )
+            # a rate means nothing for a sync of a second or a few bytes ("0 Bytes/s")
+            how = f"{rate}/s, {self.kind}" if self.seconds >= 1.0 and moved >= MEANINGFUL_BYTES else self.kind
+            line = f"{self.action} {what} from {self.source} to {self.dest} in {self.seconds:.1f}s ({how})"
             if self.reused_parts:
                 line += f"; {self.reused_parts} part(s) already there"
         if self.where:

@@ -11,7 +11,6 @@ Without them the test is skipped, unless ``REQUIRE_BROWSER_TESTS=1`` (CI), where
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -27,13 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from browsers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, require_browser
 from servers import Server
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking"]
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 IDLE = "Python 3 (ipykernel) | Idle"
 FRESH = re.compile(r"last success (now|a second ago|\d+ seconds ago)")
 
@@ -47,22 +44,6 @@ while not os.path.exists("release") and time.time() < deadline:
     time.sleep(0.05)
 print("released" if os.path.exists("release") else "timed out waiting for the release file")
 """
-
-
-def _require_browser() -> None:
-    """Skip with the reason when something is missing; fail instead under REQUIRE_BROWSER_TESTS=1."""
-    missing = []
-    if not os.access(CHROMIUM, os.X_OK):
-        missing.append(f"{CHROMIUM} (apt-get install -y --no-install-recommends chromium fonts-dejavu-core)")
-    for package in ("playwright", "jupyterlab"):
-        if importlib.util.find_spec(package) is None:
-            missing.append(f"the {package} package (pip install '.[browser]')")
-    if not missing:
-        return
-    reason = "the browser test needs " + " and ".join(missing)
-    if os.environ.get("REQUIRE_BROWSER_TESTS") == "1":
-        pytest.fail(f"{reason}; REQUIRE_BROWSER_TESTS=1 forbids skipping it")
-    pytest.skip(reason)
 
 
 def _free_port() -> int:
@@ -106,7 +87,7 @@ class Lab:
 @pytest.fixture
 def lab(tmp_path):
     """JupyterLab on 127.0.0.1 with a token and every folder temporary; the kernel inherits the remote."""
-    _require_browser()
+    require_browser("playwright", "jupyterlab")
     import ipykernel
 
     if int(ipykernel.__version__.split(".")[0]) < 7:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from colab_magics.panel import PANEL_TEXT
+
 DEMO = Path(__file__).resolve().parent.parent / "demo.ipynb"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -27,7 +29,9 @@ def _source(cell: dict) -> str:
 
 
 def _stream(cell: dict) -> str:
-    return "".join(o["text"] for o in cell.get("outputs", []) if o["output_type"] == "stream" and o["name"] == "stdout")
+    """The cell's stdout as a front-end shows it: a line rewritten after a carriage return shows its last form."""
+    text = "".join(o["text"] for o in cell.get("outputs", []) if o["output_type"] == "stream" and o["name"] == "stdout")
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
 
 
 def _sha256(path: Path) -> str:
@@ -61,6 +65,18 @@ def test_demo_runs_top_to_bottom_with_no_configuration(tmp_path, monkeypatch):
     monkeypatch.setenv("RCLONE_CONFIG", "/dev/null")
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     remote = tmp_path / "xdg" / "colab_magics" / "remote"  # platformdirs' user data dir under XDG_DATA_HOME
+    # the user's own outputs, here and on their default remote: the tour must never touch them
+    for mine in (workdir / "outputs", remote / "outputs"):
+        mine.mkdir(parents=True)
+        (mine / "mine.txt").write_text("the user's own")
+    runs = [_tour(workdir, remote, tmp_path / f"check{n}", nbformat, nbclient) for n in (1, 2)]
+    assert runs[0] != runs[1]  # each run in a folder of its own on the remote: the second tells the same story
+    for mine in (workdir / "outputs", remote / "outputs"):
+        assert [p.name for p in mine.iterdir()] == ["mine.txt"] and (mine / "mine.txt").read_text() == "the user's own"
+
+
+def _tour(workdir: Path, remote: Path, check: Path, nbformat, nbclient) -> str:  # type: ignore[no-untyped-def]
+    """Run demo.ipynb top to bottom in a fresh kernel and check its story; returns its folder on the remote."""
 
     nb = nbformat.read(workdir / "demo.ipynb", as_version=4)
     client = nbclient.NotebookClient(
@@ -77,27 +93,33 @@ def test_demo_runs_top_to_bottom_with_no_configuration(tmp_path, monkeypatch):
         assert not errors, (_source(cell)[:60], errors)
 
     # The panel: a widget view whose text form (for logs, or front-ends without widgets) is ours.
-    views = [o for c in code for o in c.outputs if o.output_type == "display_data" and WIDGET_VIEW in o.data]
-    assert views, "no panel was displayed"
+    # Once a session, in the first cell that runs a magic; again only where %drive_status asks for it.
+    displays = [(_source(c), o) for c in code for o in c.outputs if o.output_type == "display_data"]
+    shown = [(source, o) for source, o in displays if WIDGET_VIEW in o.data]
+    assert [source.split()[0] for source, _ in shown] == ["%drive_push", "%drive_status", "%drive_status"], shown
+    views = [view for _, view in shown]
     for view in views:
-        assert view.data["text/plain"].startswith("colab_magics:"), view.data["text/plain"]
+        assert view.data["text/plain"] == PANEL_TEXT  # never a status that the live panel later contradicts
     state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     assert views[0].data[WIDGET_VIEW]["model_id"] in state, "the panel's widget state was not stored"
 
-    # Zero configuration: everything went to the embedded default remote.
+    # Zero configuration: everything went to the embedded default remote, in this run's own folder.
     first = code[0]
     assert f"remote root: {remote}" in _stream(first), _stream(first)
-    toy = json.loads((remote / "toy_dataset" / "manifest.json").read_text())
+    run = re.search(r"^this tour writes under: (colab_magics_demo/\S+)$", _stream(first), re.MULTILINE)
+    assert run, _stream(first)
+    here = remote / run.group(1)
+    toy = json.loads((here / "toy_dataset" / "manifest.json").read_text())
     assert len(toy["files"]) == 2000
 
-    push = next(c for c in code if _source(c).startswith("%drive_push toy_dataset --pack"))
+    push = next(c for c in code if _source(c).startswith("%drive_push demo_toy_dataset {RUN}/toy_dataset --pack"))
     assert "pushed 2,000 files" in _stream(push), _stream(push)
-    stage = next(c for c in code if _source(c).startswith("%drive_stage toy_dataset staged_dataset"))
+    stage = next(c for c in code if _source(c).startswith("%drive_stage {RUN}/toy_dataset demo_staged"))
     assert "staged 2,000 files" in _stream(stage), _stream(stage)
-    assert any("matches toy_dataset/: 2,000 files" in _stream(c) for c in code)
+    assert any("demo_staged/ matches demo_toy_dataset/: 2,000 files" in _stream(c) for c in code)
 
     # The same %%persist cell twice: from scratch, then after the lost runtime, restored and resumed.
-    persist = [c for c in code if _source(c).startswith("%%persist outputs")]
+    persist = [c for c in code if _source(c).startswith("%%persist demo_outputs --to {RUN}/outputs")]
     assert len(persist) == 2 and _source(persist[0]) == _source(persist[1])
     before, after = _stream(persist[0]), _stream(persist[1])
     assert "starting from scratch" in before and "restored:" not in before, before
@@ -111,7 +133,7 @@ def test_demo_runs_top_to_bottom_with_no_configuration(tmp_path, monkeypatch):
     assert "checkpoint at step 12 of 12" in after and "final sync at" in after, after
 
     # The files: the final checkpoint and the whole log, in the workdir and identical on the remote.
-    outputs = workdir / "outputs"
+    outputs = workdir / "demo_outputs"
     ckpt = json.loads((outputs / "ckpt" / "state.json").read_text())
     assert ckpt["step"] == 12 and 0.98 < ckpt["weight"] < 1.0, ckpt
     assert abs(ckpt["loss"] - (1.0 - ckpt["weight"]) ** 2) < 1e-12
@@ -119,7 +141,7 @@ def test_demo_runs_top_to_bottom_with_no_configuration(tmp_path, monkeypatch):
     assert [int(line.split()[1]) for line in log] == list(range(1, 13)), log
     assert not list(outputs.rglob("*.tmp"))
 
-    manifest = json.loads((remote / "outputs" / "manifest.json").read_text())
+    manifest = json.loads((here / "outputs" / "manifest.json").read_text())
     on_remote = {f["path"]: f for f in manifest["files"]}
     assert set(on_remote) == {"ckpt/state.json", "train.log"}
     for path, entry in on_remote.items():
@@ -129,17 +151,14 @@ def test_demo_runs_top_to_bottom_with_no_configuration(tmp_path, monkeypatch):
     # And staged back independently of the kernel, the remote copy is the same bytes.
     from colab_magics import stage as stage_back
 
-    stage_back(str(remote / "outputs"), str(tmp_path / "check"))
+    stage_back(str(here / "outputs"), str(check))
     for path in on_remote:
-        assert (tmp_path / "check" / path).read_bytes() == (outputs / path).read_bytes(), path
+        assert (check / path).read_bytes() == (outputs / path).read_bytes(), path
 
     # %drive_status after each persist cell: everything is synced, but to the embedded folder on this
-    # machine, so it must say so and never call it safe to disconnect.
-    status = [c for c in code if _source(c).strip() == "%drive_status"]
-    assert len(status) == 2
-    headers = [next(o.data["text/plain"] for o in c.outputs if WIDGET_VIEW in o.get("data", {})) for c in status]
-    honest = (
-        "colab_magics: synced \u2014 NOT safe to disconnect (kept on this machine only: lost if the runtime is lost)"
-    )
-    wrong = [h.splitlines()[0] for h in headers if not h.startswith(honest)]
-    assert not wrong, f"%drive_status after a finished %%persist: {wrong}"
+    # machine, so the panel (its header as the notebook stored it) must say so, never "safe to disconnect".
+    headers = [m["state"]["value"] for m in state.values() if "cm-header" in m["state"].get("_dom_classes", ())]
+    assert len(headers) == 1, headers  # one panel for the whole session
+    assert "synced" in headers[0] and "not safe to disconnect" in headers[0], headers[0]
+    assert "kept on this machine only: lost if the runtime is lost" in headers[0], headers[0]
+    return run.group(1)
