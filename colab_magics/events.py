@@ -64,6 +64,7 @@ class Event:
     where: str = ""  # for uploads: the destination's safety class (:class:`colab_magics.safety.Where`)
     free_bytes: int | None = None  # for uploads: room left at the destination, where it says
     trash_bytes: int | None = None  # of the used space, what sits in Drive's Trash
+    target: str = ""  # where the job writes (a local folder, a remote path): one status row per target
 
 
 class EventBus:
@@ -177,11 +178,14 @@ class Job:
 
     RATE = 10.0
 
-    def __init__(self, name: str, direction: str, events: EventBus | None = None, where: str = "") -> None:
+    def __init__(
+        self, name: str, direction: str, events: EventBus | None = None, where: str = "", target: str = ""
+    ) -> None:
         self.id = next(_job_ids)
         self.name = name
         self.direction = direction
         self.where = where
+        self.target = target
         self.room: tuple[int | None, int | None] = (None, None)  # free, trashed (see found_room)
         self._events = events or bus
         self._started = time.monotonic()
@@ -208,7 +212,7 @@ class Job:
     def _publish(self, kind: str, message: str = "") -> None:
         self._events.publish(
             Event(self.id, self.name, self.direction, kind, self.progress, message, where=self.where,
-                  free_bytes=self.room[0], trash_bytes=self.room[1])
+                  free_bytes=self.room[0], trash_bytes=self.room[1], target=self.target)
         )  # fmt: skip
 
     def _maybe_publish(self, force: bool) -> None:
@@ -218,7 +222,9 @@ class Job:
                 return
             self._last_publish = now
             progress = self._snapshot()
-        self._events.publish(Event(self.id, self.name, self.direction, "progress", progress, where=self.where))
+        self._events.publish(
+            Event(self.id, self.name, self.direction, "progress", progress, where=self.where, target=self.target)
+        )
 
     def start(self, message: str = "") -> None:
         self._publish("started", message)

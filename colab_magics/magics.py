@@ -176,8 +176,10 @@ class ColabMagics(Magics):
         """What the web panel shows (its server's thread): the board as HTML; no disk is touched."""
         return {"html": render_html(self.board), "paused": any(p.status().state == "paused" for p in self._persisters)}
 
-    def _web_actions(self) -> dict[str, Callable[[], str]]:
-        def sync() -> str:
+    def _web_actions(self) -> dict[str, Callable[[str], str]]:
+        """The web panel's buttons (run on its server's thread: nothing here waits for a transfer)."""
+
+        def sync(_: str) -> str:
             running = list(self._persisters)
             for persister in running:
                 persister.trigger()
@@ -191,7 +193,7 @@ class ColabMagics(Magics):
                 return "no %%persist is running"
             return "background syncs paused" if paused else "background syncs resumed"
 
-        def flush_drive() -> str:
+        def flush_drive(_: str) -> str:
             running = list(self._persisters)
 
             def work() -> None:
@@ -205,7 +207,11 @@ class ColabMagics(Magics):
             threading.Thread(target=work, name="colab_magics-flush", daemon=True).start()
             return "flushing the Drive mount: the status says when it is done"
 
-        return {"sync": sync, "pause": lambda: pause(True), "resume": lambda: pause(False), "flush": flush_drive}
+        def dismiss(key: str) -> str:
+            return "dismissed" if self.board.dismiss(key) else "nothing to dismiss there"
+
+        return {"sync": sync, "pause": lambda _: pause(True), "resume": lambda _: pause(False), "flush": flush_drive,
+                "dismiss": dismiss}  # fmt: skip
 
     def _call(self, work: Callable[[], object]) -> object:
         """Run engine work with progress shown; expected failures become one UsageError line.

@@ -80,7 +80,7 @@ def render_text(board: StatusBoard, now: float | None = None) -> str:
     left = overall.runtime_left(now)
     lines = [f"colab_magics: {overall.state} \u2014 {safe} ({overall.detail})" + (f" \u00b7 {left}" if left else "")]
     for row in board.rows():
-        lines.append(f"  {ARROWS.get(row.direction, ' ')} {row.name}: {row.state}; {describe(row, now)}")
+        lines.append(f"  {ARROWS.get(row.direction, ' ')} {_title(row)}: {row.state}; {describe(row, now)}")
         if row.state == FAILED and row.error:
             lines.append(f"      error: {row.error}")
     return "\n".join(lines)
@@ -110,17 +110,34 @@ def _fraction(row: Row) -> float:
     return min(1.0, p.done_bytes / p.total_bytes) if p.total_bytes else 0.0
 
 
+def _title(row: Row) -> str:
+    """The job's name and where it writes: two persists of "outputs" are told apart."""
+    return f"{row.name} ({'to' if row.direction == 'up' else 'into'} {row.target})" if row.target else row.name
+
+
+def _title_html(row: Row) -> str:
+    where = ""
+    if row.target:
+        where = f" <span class='cm-target' style='color:#5f6368'>{'to' if row.direction == 'up' else 'into'} "
+        where += f"{html.escape(row.target)}</span>"
+    return f"<b>{ARROWS.get(row.direction, '')} {html.escape(row.name)}</b>{where}"
+
+
 def render_html(board: StatusBoard, now: float | None = None) -> str:
     """The whole panel as one piece of HTML (the web panel's body): header, then a line per job."""
     now = time.time() if now is None else now
     lines = [header_html(board, now)]
     for row in board.rows():
         color = {"done": "#1e8e3e", "failed": "#d93025"}.get(row.state, "#1a73e8")
-        error = html.escape(row.error)
-        error = f"<div class='cm-error' style='color:#d93025'>error: {error}</div>" if error else ""
+        error = ""
+        if row.state == FAILED:
+            error = (
+                f"<div class='cm-error' style='color:#d93025'>error: {html.escape(row.error)} "
+                f"<button class='cm-dismiss' data-key='{html.escape(row.key, quote=True)}'>Dismiss</button></div>"
+            )
         lines.append(
             f"<div class='cm-row' data-state='{row.state}' style='margin-top:4px'>"
-            f"<b>{ARROWS.get(row.direction, '')} {html.escape(row.name)}</b> "
+            f"{_title_html(row)} "
             f"<span class='cm-row-state' style='color:{color}'>{row.state}</span> "
             f"<progress max='1' value='{_fraction(row):.3f}' style='width:8em;vertical-align:middle'></progress> "
             f"<span class='cm-detail'>{html.escape(describe(row, now))}</span>{error}</div>"
@@ -247,35 +264,40 @@ class Panel:
         rows = self.board.rows()
         children = []
         for row in rows:
-            parts = self._rows.get(row.name) or self._new_row()
-            self._rows[row.name] = parts
+            parts = self._rows.get(row.key) or self._new_row(row.key)
+            self._rows[row.key] = parts
             self._fill(parts, row, now)
             children.append(parts["box"])
         if tuple(children) != tuple(self.rows_box.children):
             self.rows_box.children = tuple(children)
+        for key in set(self._rows) - {row.key for row in rows}:  # dismissed
+            for part in self._rows.pop(key).values():
+                part.close()
 
-    def _new_row(self) -> dict:
+    def _new_row(self, key: str) -> dict:
         w = self._w
         parts = {
             "name": w.HTML(layout=w.Layout(min_width="14em")).add_class("cm-name"),
             "bar": w.FloatProgress(min=0.0, max=1.0).add_class("cm-bar"),
             "detail": w.HTML().add_class("cm-detail"),
             "error": w.HTML().add_class("cm-error"),
+            "dismiss": w.Button(description="Dismiss", tooltip="Hide this error").add_class("cm-dismiss"),
         }
+        parts["dismiss"].on_click(lambda _: self.board.dismiss(key))
+        parts["problem"] = w.HBox([parts["error"], parts["dismiss"]]).add_class("cm-problem")
         parts["box"] = w.VBox(
-            [w.HBox([parts["name"], parts["bar"], parts["detail"]]).add_class("cm-row-main"), parts["error"]]
+            [w.HBox([parts["name"], parts["bar"], parts["detail"]]).add_class("cm-row-main"), parts["problem"]]
         ).add_class("cm-row")
         return parts
 
     def _fill(self, parts: dict, row: Row, now: float) -> None:
-        arrow = ARROWS.get(row.direction, "")
-        parts["name"].value = f"<b>{arrow} {html.escape(row.name)}</b> <span class='cm-row-state'>{row.state}</span>"
+        parts["name"].value = f"{_title_html(row)} <span class='cm-row-state'>{row.state}</span>"
         parts["bar"].value = _fraction(row)
         parts["bar"].bar_style = {DONE: "success", FAILED: "danger"}.get(row.state, "info")
         parts["detail"].value = f"<span>{html.escape(describe(row, now))}</span>"
-        parts["error"].value = (
-            f"<span style='color:#d93025'>error: {html.escape(row.error)}</span>" if row.error else ""
-        )
+        failed = row.state == FAILED
+        parts["error"].value = f"<span style='color:#d93025'>error: {html.escape(row.error)}</span>" if failed else ""
+        parts["problem"].layout.display = None if failed else "none"
 
     def show(self) -> None:
         """Display the widget; its text form names it and never goes stale in a saved notebook."""

@@ -179,7 +179,7 @@ class Persister:
         manifest = Manifest.from_json(raw, self.dest)
         self._manifest = manifest  # the remote's state: start() need not read it again
         if not os.path.isdir(self.local) or not any(os.scandir(self.local)):
-            result = stage(self.dest, self.local, force=True, rclone=self.rclone, events=self.events)
+            result = self._stage_into(self.local)
             self._remember(manifest)
             return result
         journal = self._journal()
@@ -188,7 +188,7 @@ class Persister:
             return None
         tmp = Path(self.local).parent / f".{Path(self.local).name}.cm-restore"
         try:
-            result = stage(self.dest, tmp, force=True, rclone=self.rclone, events=self.events)
+            result = self._stage_into(tmp)
             for f in need:
                 target = os.path.join(self.local, f.path)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -198,6 +198,10 @@ class Persister:
         result.files, result.bytes = len(need), sum(f.size for f in need)
         self._remember(manifest, replaced={f.path for f in need})
         return result
+
+    def _stage_into(self, folder: str | Path) -> Result:
+        name = f"restore {os.path.basename(self.local)}"
+        return stage(self.dest, folder, force=True, rclone=self.rclone, events=self.events, name=name)
 
     def start(self, steal_lock: bool = False, restore: bool = False) -> Result | None:
         """Take the lock on the destination, then (``restore``) bring back what is missing here,
@@ -264,7 +268,7 @@ class Persister:
         """Measure :meth:`pending` and publish it (the views never walk the folder themselves)."""
         files, size = self.pending()
         progress = Progress(total_bytes=size, total_files=files)
-        (self.events or bus).publish(Event(0, self.name, "up", "pending", progress, where=self.where))
+        (self.events or bus).publish(Event(0, self.name, "up", "pending", progress, where=self.where, target=self.dest))
         return files, size
 
     def status(self) -> PersistStatus:
@@ -356,7 +360,7 @@ class Persister:
                 setattr(self._status, key, value)
 
     def _context(self) -> Context:
-        return Context(self.rclone, Job(self.name, "up", self.events, self.where), None)
+        return Context(self.rclone, Job(self.name, "up", self.events, self.where, self.dest), None)
 
     # -- the journal: what this machine last saw on both sides, to tell who changed a file --
     def _journal(self) -> dict[str, list[int]]:

@@ -82,7 +82,7 @@ def push(
         return _push_file(ctx, src, target)
 
     name = f"push {os.path.basename(src)}"
-    return run_job(name, "up", f"{src} -> {target}", work, rclone, events, cancel, place)
+    return run_job(name, "up", f"{src} -> {target}", work, rclone, events, cancel, place, target)
 
 
 def md5_file(path: str) -> str:

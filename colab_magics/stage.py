@@ -71,15 +71,17 @@ def stage(
     rclone: Rclone | None = None,
     events: EventBus | None = None,
     cancel: threading.Event | None = None,
+    name: str | None = None,
 ) -> Result:
-    """Copy ``source`` (a remote path or a name under the default root) to the local folder ``dest``."""
+    """Copy ``source`` (a remote path or a name under the default root) to the local folder ``dest``;
+    ``name`` names the job for people (default "stage <folder>"; a persist's is "restore <folder>")."""
     if not 1 <= workers <= MAX_WORKERS:
         raise BadInput(f"workers must be between 1 and {MAX_WORKERS} (parts downloaded at once), not {workers}")
     src = remotes.resolve(source, root)
     target = Path(os.path.abspath(dest if dest is not None else default_dest(src)))
     _check_dest(src, target)
     work = lambda ctx: _Stage(ctx, src, target, workers).run(force)
-    return run_job(f"stage {source}", "down", f"{src} -> {target}", work, rclone, events, cancel)
+    return run_job(name or f"stage {target.name}", "down", f"{src} -> {target}", work, rclone, events, cancel, target=str(target))
 
 
 def _check_dest(src: str, target: Path) -> None:

@@ -1,7 +1,9 @@
 """What is synced, what is pending, what failed: the latest state of every job, from engine events.
 
 A :class:`StatusBoard` only listens; the notebook panel and the text view render what it holds.
-Rows are keyed by job name, so the successive syncs of one ``%%persist`` update one row.
+Rows are keyed by where a job writes, so the successive syncs of one ``%%persist`` update one row,
+two persists of folders with the same name keep a row each, and a later success on a target
+clears the error a failed job left there.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ RUNNING, DONE, FAILED, WAITING = "running", "done", "failed", "waiting"
 
 @dataclass(frozen=True)
 class Row:
-    name: str
+    key: str  # what the row stands for: the job's target (where it writes), else its name
+    name: str  # for people: "persist outputs", "restore outputs", "stage flowers"
     direction: str  # "down" or "up"
     state: str  # running, done, failed, or waiting (a persist that has not synced yet)
     progress: Progress
-    updated: float  # wall-clock time of the last event
+    target: str = ""  # where the job writes: a local folder, or a remote path
     last_success: float | None = None
     summary: str = ""  # the last finished job's one-line summary
     error: str = ""  # the last error, in plain words; cleared by a later success
@@ -68,30 +71,37 @@ class StatusBoard:
             self._flushed(event.name, event.at)
             return
         if event.kind == "pending":
-            self._set_pending(event.name, event.progress.total_files, event.progress.total_bytes, event.where)
+            progress = event.progress
+            self._change(event, lambda row: replace(row, pending_files=progress.total_files,
+                                                    pending_bytes=progress.total_bytes))  # fmt: skip
             return
         if event.kind == "deadline":
             with self._lock:
                 self._ends_at = event.at
             return
+        self._change(event, lambda row: _apply(row, event))
+
+    def _change(self, event: Event, change: Callable[[Row], Row]) -> None:
+        key = event.target or event.name
         with self._lock:
-            row = self._rows.get(event.name) or Row(event.name, event.direction, RUNNING, Progress(), event.at)
-            row = replace(row, where=event.where or row.where)
-            if event.free_bytes is not None:
-                row = replace(row, free_bytes=event.free_bytes, trash_bytes=event.trash_bytes)
-            if event.kind in ("started", "progress"):
-                row = replace(row, state=RUNNING, progress=event.progress, updated=event.at)
-            elif event.kind == "finished":
-                row = replace(
-                    row, state=DONE, progress=event.progress, updated=event.at, last_success=event.at,
-                    summary=event.message, error="",
-                )  # fmt: skip
-            elif event.kind == "failed":
-                row = replace(row, state=FAILED, updated=event.at, error=event.message)
-            self._rows[event.name] = row
+            state = WAITING if event.kind == "pending" else RUNNING
+            row = self._rows.get(key) or Row(key, event.name, event.direction, state, Progress(), event.target)
+            self._rows[key] = change(replace(row, name=event.name, where=event.where or row.where))
             listeners = list(self._listeners)
         for listener in listeners:
             listener()
+
+    def dismiss(self, key: str) -> bool:
+        """Remove a failed row (the person has seen it); True if there was one."""
+        with self._lock:
+            row = self._rows.get(key)
+            if row is None or row.state != FAILED:
+                return False
+            del self._rows[key]
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
+        return True
 
     def _flushed(self, flush: str, at: float) -> None:
         """Drive's flush succeeded: what reached the mount before it is on Drive now."""
@@ -100,16 +110,8 @@ class StatusBoard:
                 if row.where == Where.MOUNT and row.state == DONE and (row.last_success or at) <= at:
                     summary = row.summary.replace(Where.MOUNT.caveat(), FLUSHED)
                     self._rows[name] = replace(row, where=Where.REMOTE.value, summary=summary)
-            self._rows[flush] = Row(flush, "up", DONE, Progress(), at, at, FLUSHED, where=Where.REMOTE.value)
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener()
-
-    def _set_pending(self, name: str, files: int, size: int, where: str) -> None:
-        """Local changes not synced yet, as the persist measured them."""
-        with self._lock:
-            row = self._rows.get(name) or Row(name, "up", WAITING, Progress(), time.time(), where=where)
-            self._rows[name] = replace(row, pending_files=files, pending_bytes=size)
+            self._rows[flush] = Row(flush, flush, "up", DONE, Progress(), last_success=at, summary=FLUSHED,
+                                    where=Where.REMOTE.value)  # fmt: skip
             listeners = list(self._listeners)
         for listener in listeners:
             listener()
@@ -120,7 +122,7 @@ class StatusBoard:
 
     def rows(self) -> list[Row]:
         with self._lock:
-            return sorted(self._rows.values(), key=lambda r: r.name)
+            return sorted(self._rows.values(), key=lambda r: (r.name, r.key))
 
     def overall(self) -> Overall:
         """Safe to disconnect only when everything uploaded is verified on a remote: not while an upload
@@ -154,6 +156,19 @@ class StatusBoard:
         self._unsubscribe()
         with self._lock:
             self._listeners.clear()
+
+
+def _apply(row: Row, event: Event) -> Row:
+    """A job's event on its row: running, done (clears an earlier error) or failed."""
+    if event.free_bytes is not None:
+        row = replace(row, free_bytes=event.free_bytes, trash_bytes=event.trash_bytes)
+    if event.kind in ("started", "progress"):
+        return replace(row, state=RUNNING, progress=event.progress)
+    if event.kind == "finished":
+        return replace(row, state=DONE, progress=event.progress, last_success=event.at, summary=event.message, error="")
+    if event.kind == "failed":
+        return replace(row, state=FAILED, error=event.message)
+    return row
 
 
 def age(when: float | None, now: float | None = None) -> float | None:

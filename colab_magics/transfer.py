@@ -207,12 +207,13 @@ def run_job(
     events: EventBus | None = None,
     cancel: threading.Event | None = None,
     where: str = "",
+    target: str = "",
 ) -> Result:
     """Run ``work`` as one job: started, then finished with its summary or failed with its error.
 
     On any failure (Ctrl-C included) every rclone child of the job is stopped first.
     """
-    job = Job(name, direction, events, where)
+    job = Job(name, direction, events, where, target)
     ctx = Context(rclone, job, cancel)
     job.start(detail)
     try:

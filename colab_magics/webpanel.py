@@ -25,11 +25,11 @@ from urllib.parse import parse_qs, urlparse
 from .panel import PANEL_TEXT
 
 State = Callable[[], dict]  # what the page shows: {"html": ..., "paused": bool}
-Action = Callable[[], str]  # a button's effect; returns one line for the page
+Action = Callable[[str], str]  # a button's effect, given the row it is about ("" if none): one line back
 
 
 class WebPanel:
-    """A loopback HTTP server with ``GET /state`` and ``POST /action?do=NAME``, both behind a token."""
+    """A loopback HTTP server with ``GET /state`` and ``POST /action?do=NAME[&key=ROW]``, behind a token."""
 
     POLL_MS = 1000
 
@@ -127,7 +127,7 @@ class WebPanel:
                     self._reply(404, {"error": f"unknown action {name!r}"})
                     return
                 try:
-                    message = action()
+                    message = action(asked[1].get("key", [""])[0])
                 except Exception as exc:  # one line on the page, never a traceback in the kernel's log
                     self._reply(200, {"ok": False, "message": str(exc) or type(exc).__name__})
                     return
@@ -167,18 +167,23 @@ _SCRIPT = """
     }
     setTimeout(poll, __POLL_MS__);
   }
-  root.querySelectorAll("button").forEach((button) => {
-    button.addEventListener("click", async () => {
-      let what = button.dataset.do;
-      if (what === "pause" && paused) what = "resume";
-      message.textContent = "\\u2026";
-      try {
-        const r = await fetch(base + "action?token=" + token + "&do=" + what, {method: "POST", cache: "no-store"});
-        message.textContent = (await r.json()).message || "";
-      } catch (e) {
-        message.textContent = "the kernel is not answering: " + e;
-      }
-    });
+  async function act(what, key) {
+    message.textContent = "\\u2026";
+    const query = "action?token=" + token + "&do=" + what + (key ? "&key=" + encodeURIComponent(key) : "");
+    try {
+      const r = await fetch(base + query, {method: "POST", cache: "no-store"});
+      message.textContent = (await r.json()).message || "";
+    } catch (e) {
+      message.textContent = "the kernel is not answering: " + e;
+    }
+  }
+  root.addEventListener("click", (event) => {
+    const button = event.target.closest("button");
+    if (!button) return;
+    if (button.classList.contains("cm-dismiss")) { act("dismiss", button.dataset.key); return; }
+    let what = button.dataset.do;
+    if (what === "pause" && paused) what = "resume";
+    act(what, "");
   });
   poll();
 })();

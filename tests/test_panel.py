@@ -46,12 +46,13 @@ def test_finished_jobs_show_as_synced_and_safe_only_on_a_real_remote(board, tmp_
     assert "not safe" not in panel.header.value and "everything is on the remote" in panel.header.value
     rows = panel.rows_box.children
     assert len(rows) == 2 and all("cm-row" in _classes(r) for r in rows)
-    bar = panel._rows["stage cms3:bucket/panel/ds"]["bar"]
+    bar = panel._rows[str(tmp_path / "back")]["bar"]  # rows are keyed by where the job writes
     assert bar.value == 1.0 and bar.bar_style == "success" and "cm-bar" in _classes(bar)
-    detail = panel._rows["push data"]["detail"].value
+    detail = panel._rows["cms3:bucket/panel/ds"]["detail"].value
     assert "pushed" in detail and "last success" in detail and "verified on the remote" in detail
     text = render_text(b)
-    assert text.startswith("colab_magics: synced \u2014 safe to disconnect") and "\u2191 push data" in text
+    assert text.startswith("colab_magics: synced \u2014 safe to disconnect")
+    assert "\u2191 push data (to cms3:bucket/panel/ds): done" in text and "\u2193 stage back (into " in text
     # the same push to a folder on this machine (the embedded default): synced, but never "safe"
     cm.push(src, "ds", pack=True, events=bus)
     bus.flush()
@@ -71,13 +72,19 @@ def test_a_failure_is_shown_in_plain_words(board, tmp_path):
     panel = Panel(b, list)
     # a failed download is an error to see, but puts nothing of the user's at risk
     assert "error" in panel.header.value and "not safe" not in panel.header.value
-    row = panel._rows["stage no/such/dataset"]
+    row = panel._rows[str(tmp_path / "x")]
     assert row["bar"].bar_style == "danger" and "does not exist" in row["error"].value
+    assert row["problem"].layout.display is None  # the error, with its Dismiss button
     assert "error: " in render_text(b)
     Job("push model.pt", "up", bus, where="remote").fail("the remote is out of storage quota")  # an upload is not
     bus.flush()
     panel.refresh()
     assert "error" in panel.header.value and "not safe" in panel.header.value
+    row["dismiss"].click()  # seen: the stage's row goes, the upload's error stays
+    bus.flush()
+    panel.refresh()
+    assert str(tmp_path / "x") not in panel._rows  # its widgets are gone too
+    assert "out of storage quota" in render_text(b) and "does not exist" not in render_text(b)
     panel.close()
 
 
@@ -99,7 +106,7 @@ def test_sync_now_and_pause_drive_the_persist(board, tmp_path):
         bus.flush()
         panel.refresh()
         assert "synced" in panel.header.value
-        assert "last success" in panel._rows["persist outputs"]["detail"].value
+        assert "last success" in panel._rows[p.dest]["detail"].value
         (local / "more.txt").write_text("new")
         p.publish_pending()
         bus.flush()
@@ -175,3 +182,18 @@ def test_a_persist_reports_its_pending_changes_by_itself(board, tmp_path):
         assert "2 changed file(s) not on the remote yet" in render_text(b)
     finally:
         p.stop()
+
+
+def test_two_persists_of_folders_with_the_same_name_keep_a_row_each(ip, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        ip.run_cell_magic(
+            "persist",
+            f"{run}/outputs --to runs/{run}/outputs --every 1h",
+            f"open('{run}/outputs/m.pt', 'w').write('{run}')",
+        )
+    capsys.readouterr()
+    ip.run_line_magic("drive_status", "")
+    rows = [line for line in capsys.readouterr().out.splitlines() if "persist outputs" in line]
+    assert len(rows) == 2 and "runs/a/outputs" in rows[0] and "runs/b/outputs" in rows[1], rows

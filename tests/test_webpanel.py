@@ -20,12 +20,13 @@ def served():
     board = StatusBoard(events)
     clicks: list[str] = []
 
-    def boom() -> str:
+    def boom(_: str) -> str:
         raise RuntimeError("the flush went wrong")
 
     panel = WebPanel(lambda: {"html": render_html(board), "paused": False},
-                     {"sync": lambda: clicks.append("sync") or "syncing 1 persist(s) now", "flush": boom})  # fmt: skip
-    yield panel, events, clicks
+                     {"sync": lambda _: clicks.append("sync") or "syncing 1 persist(s) now", "flush": boom,
+                      "dismiss": lambda key: "dismissed" if board.dismiss(key) else "nothing to dismiss there"})  # fmt: skip
+    yield panel, events, clicks, board
     panel.close()
     board.close()
     events.close()
@@ -42,7 +43,7 @@ def _ask(panel: WebPanel, path: str, method: str = "GET", token: str | None = No
 
 
 def test_state_and_actions_behind_a_token(served):
-    panel, events, clicks = served
+    panel, events, clicks, _ = served
     Job("push model.pt", "up", events, where="remote").finish("pushed 1 file")
     events.flush()
     status, state = _ask(panel, "state")
@@ -56,8 +57,23 @@ def test_state_and_actions_behind_a_token(served):
 
 
 def test_the_output_carries_the_port_and_token_and_a_text_form_that_never_goes_stale(served):
-    panel, _, _ = served
+    panel, _, _, _ = served
     bundle = panel.bundle()
     assert f"proxyPort({panel.port}" in bundle["text/html"] and json.dumps(panel.token) in bundle["text/html"]
     assert "Sync now" in bundle["text/html"] and "Flush Drive" in bundle["text/html"]
     assert "idle" not in bundle["text/plain"] and "%drive_status" in bundle["text/plain"]
+
+
+def test_a_failed_row_can_be_dismissed_and_a_later_success_on_its_target_clears_it(served):
+    panel, events, _, board = served
+    Job("stage flowerz", "down", events, target="/content/data").fail("datasets/flowerz does not exist")
+    events.flush()
+    html = _ask(panel, "state")[1]["html"]
+    assert "datasets/flowerz does not exist" in html and "data-key='/content/data'" in html
+    assert _ask(panel, "action?do=dismiss&key=%2Fcontent%2Fdata", "POST")[1]["message"] == "dismissed"
+    assert "flowerz" not in _ask(panel, "state")[1]["html"]
+    Job("stage flowerz", "down", events, target="/content/data").fail("datasets/flowerz does not exist")
+    Job("stage flowers", "down", events, target="/content/data").finish("staged 3 files")
+    events.flush()
+    rows = board.rows()
+    assert [(r.name, r.state, r.error) for r in rows] == [("stage flowers", "done", "")]
