@@ -7,6 +7,7 @@ background; ``%unload_ext colab_magics`` stops it all.
 
 from __future__ import annotations
 
+import ast
 import os
 import shlex
 import sys
@@ -33,7 +34,7 @@ from .safety import Where
 from .stage import RESUME_HINT, stage
 from .status import StatusBoard
 from .text import ProgressPrinter
-from .units import parse_duration, parse_size
+from .units import format_duration, parse_duration, parse_size
 from .webpanel import WebPanel
 
 
@@ -352,7 +353,7 @@ class ColabMagics(Magics):
     @argument("--mirror", action="store_true", help="also delete on the remote what is deleted locally")
     @argument("--steal-lock", action="store_true", help="take over from another kernel persisting to the same place")
     @cell_magic
-    def persist(self, line: str, cell: str) -> None:
+    def persist(self, line: str, cell: str) -> object:
         """Keep DIR safe on the remote while the cell runs.
 
         Before the cell: restore an earlier sync if DIR is missing or older. While it runs: sync
@@ -378,17 +379,41 @@ class ColabMagics(Magics):
                 raise
             return persister
 
+        __tracebackhide__ = True  # a traceback of the cell's own error shows the cell's lines, not ours
         persister: Persister = self._call(create)  # type: ignore[assignment]
         self._warn_if_only_here(persister.where, persister.dest)
+        print(
+            f"persisting {persister.local} to {persister.dest} ({Where(persister.where).value}) "
+            f"every {format_duration(persister.every)}"
+        )
         try:
-            self.shell.ex(self.shell.transform_cell(cell))  # exceptions propagate unchanged
+            value = self._run_body(cell)
+        except KeyboardInterrupt:
+            self._finish(persister, failing=True, interrupted=True)
+            raise
         except BaseException:
             self._finish(persister, failing=True)
-            raise
+            raise  # unchanged
         self._finish(persister, failing=False)
+        return value
 
-    def _finish(self, persister: Persister, failing: bool) -> None:
+    def _run_body(self, cell: str) -> object:
+        """The cell's body as IPython runs a cell: its own lines in tracebacks (the source is cached
+        for them), the value of a last expression returned for display."""
+        __tracebackhide__ = True
+        shell = self.shell
+        source = shell.transform_cell(cell)
+        filename = shell.compile.cache(source, shell.execution_count, raw_code=cell)
+        tree = shell.transform_ast(ast.parse(source, filename))
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        exec(compile(tree, filename, "exec"), shell.user_global_ns, shell.user_ns)
+        if last is None:
+            return None
+        return eval(compile(ast.Expression(last.value), filename, "eval"), shell.user_global_ns, shell.user_ns)
+
+    def _finish(self, persister: Persister, failing: bool, interrupted: bool = False) -> None:
         """The final sync; while the cell's own error propagates, a sync error is printed, not raised."""
+        __tracebackhide__ = True
         self._persisters.discard(persister)
         if persister.status().state == "stopped":  # ended by a flush of the Drive mount during the cell
             persister.publish_pending()
@@ -407,7 +432,11 @@ class ColabMagics(Magics):
             print(f"colab_magics: final sync failed: {exc}", file=sys.stderr)
             return
         result = outcome.result  # type: ignore[attr-defined]
-        when = time.strftime("%H:%M:%S")
         pending = outcome.deferred  # type: ignore[attr-defined]
         note = f"; {len(pending)} file(s) still changing were left at their previous version" if pending else ""
-        print(f"final sync at {when}: {result.summary()}{note}")
+        if interrupted:
+            files = len(outcome.manifest.files)  # type: ignore[attr-defined]
+            what = "1 file" if files == 1 else f"{files:,} files"
+            print(f"interrupted; final sync done: {what} on {persister.dest}{note}", file=sys.stderr)
+            return
+        print(f"final sync at {time.strftime('%H:%M:%S')}: {result.summary()}{note}")

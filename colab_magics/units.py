@@ -40,3 +40,16 @@ def parse_duration(text: str | float, minimum: float = 0.0) -> float:
     if value < minimum:
         raise BadInput(f"duration {text!r} is too short: at least {minimum:g}s")
     return value
+
+
+def format_duration(seconds: float) -> str:
+    """``30s``, ``5m``, ``1h``, ``1h30m``: a duration as a person types it (see :func:`parse_duration`)."""
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{seconds:g}s" if seconds < 10 and whole != seconds else f"{whole}s"
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h"] if hours else []
+    parts += [f"{minutes}m"] if minutes else []
+    parts += [f"{secs}s"] if secs else []
+    return "".join(parts)

@@ -43,6 +43,28 @@ def test_final_sync_happens_on_error_and_error_is_unchanged(ip, tmp_path, monkey
     assert _remote_files(tmp_path / "default-remote" / "outputs") == {"partial.txt": 5}
 
 
+def test_the_cell_says_where_it_persists_and_its_last_expression_is_its_value(ip, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    value = ip.run_cell_magic("persist", "outputs --every 90s", "x = 41\nx + 1")
+    assert value == 42  # displayed as the cell's result, as for any cell
+    first = capsys.readouterr().out.splitlines()[0]
+    assert (
+        first
+        == f"persisting {tmp_path / 'outputs'} to {tmp_path / 'default-remote' / 'outputs'} (this machine) every 1m30s"
+    )
+
+
+def test_an_interrupt_ends_with_one_line_that_says_what_is_safe(ip, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyboardInterrupt):  # unchanged: IPython shows where the cell was interrupted
+        ip.run_cell_magic("persist", "outputs", "open('outputs/a.txt','w').write('a')\nraise KeyboardInterrupt")
+    err = capsys.readouterr().err
+    assert (
+        err.rstrip().splitlines()[-1]
+        == f"interrupted; final sync done: 1 file on {tmp_path / 'default-remote' / 'outputs'}"
+    )
+
+
 def test_rerun_after_lost_runtime_restores(ip, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ip.run_cell_magic("persist", "outputs", "open('outputs/epoch.txt','w').write('7')")

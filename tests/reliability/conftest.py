@@ -147,12 +147,16 @@ def _children() -> set[tuple[int, str]]:
 
 
 def _fds() -> set[str]:
+    """Open descriptors, except those on /dev/null: jupyter_client 7.4 (Colab's) keeps one from each
+    kernel launch for the kernel's output; they hold nothing of ours."""
     out = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
-            out.add(f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}")
+            target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            pass
+            continue
+        if target != os.devnull:
+            out.add(f"{fd}->{target}")
     return out
 
 

@@ -122,7 +122,9 @@ def test_ctrl_c_during_persist_cell_flushes(tmp_path, no_loss, monkeypatch):
     with running(work, kernel_env(tmp_path, remote)) as (km, kc):
         reply, text, errors = _interrupt_after(km, kc, PERSIST_LOOP, 3.0, transferring=False)
         assert reply["content"]["status"] == "error" and errors[0]["ename"] == "KeyboardInterrupt"
-        assert "final sync at" in text  # the interrupt still flushed everything
+        assert "interrupted; final sync done: " in text  # the interrupt still flushed everything
+        traceback = "\n".join(errors[0]["traceback"])
+        assert "colab_magics" not in traceback and "Could not get source" not in traceback, traceback
         assert not _rclone_under(km)
     assert not (remote / "outputs" / ".cm-lock.json").exists()  # released
     assert not _leftovers(remote)
@@ -212,3 +214,16 @@ def test_two_kernels_persisting_to_one_folder(tmp_path, no_loss, monkeypatch):
     in_b = snapshot(b_dir / "outputs", mtimes=False, modes=False)
     written_by_b = {k: v for k, v in in_b.items() if k.startswith(b"b-")}
     no_loss(written_by_b, {k: v for k, v in back.items() if k.startswith(b"b-")}, "kernel B's files")
+
+
+def test_an_error_in_a_persist_cell_shows_the_cells_own_lines(tmp_path):
+    """As for any cell: the traceback points at the user's lines, never into colab_magics."""
+    remote, work = tmp_path / "remote", tmp_path / "work"
+    work.mkdir()
+    with running(work, kernel_env(tmp_path, remote)) as (km, kc):
+        reply, text, errors = outputs(kc, "%%persist outputs --every 1h\ndef f():\n    return 1 / 0\nf()")
+        assert reply["content"]["status"] == "error" and errors[0]["ename"] == "ZeroDivisionError"
+        traceback = "\n".join(errors[0]["traceback"])
+        assert "return 1 / 0" in traceback, traceback
+        assert "colab_magics" not in traceback and "Could not get source" not in traceback, traceback
+        assert "final sync at" in text
