@@ -148,23 +148,25 @@ def render_html(board: StatusBoard, now: float | None = None) -> str:
 _subshell: list = []  # the kernel subshell that handles the panel's clicks, made once
 
 
-def _route_clicks_off_the_main_thread(buttons: Sequence[Any]) -> None:
-    """Let "Sync now" work while a cell is running (ipykernel 7+, best effort).
+def _route_clicks_off_the_main_thread(buttons: Sequence[Any]) -> bool:
+    """Let the buttons act while a cell is running; False where they cannot (they then say so).
 
     A kernel handles widget messages on its main thread, which a running cell keeps busy, so a
-    click would wait for the cell to end.  ipykernel 7 runs kernel subshells on threads of their
-    own and routes each comm's messages by its ``_reply_subshell_for``; the buttons' comms are
-    routed to one subshell of ours.  Elsewhere (older kernels, no kernel) clicks are handled
-    when the cell ends, as for any widget.
+    click would wait for the cell to end.  ipykernel 7.4+ runs kernel subshells on threads of
+    their own and routes each comm's messages by its ``_reply_subshell_for``; the buttons' comms
+    are routed to one subshell of ours.  Older kernels (Colab's 6.17, whose panel is the web one)
+    handle clicks when the cell ends, as for any widget.
     """
     try:
+        import ipykernel
         from ipykernel.kernelbase import Kernel
 
         if not Kernel.initialized():
-            return
+            return True  # no kernel, no busy cell: a click acts at once
         kernel = Kernel.instance()
-        if not getattr(kernel, "_supports_kernel_subshells", False):
-            return
+        major, minor = (int(x) for x in ipykernel.__version__.split(".")[:2])
+        if not getattr(kernel, "_supports_kernel_subshells", False) or (major, minor) < (7, 4):
+            return False
         if not _subshell:
             channel = kernel.shell_channel_thread
             made: Future[str] = Future()
@@ -180,8 +182,15 @@ def _route_clicks_off_the_main_thread(buttons: Sequence[Any]) -> None:
         subshell_id = _subshell[0]
         for button in buttons:
             button.comm._reply_subshell_for = lambda data, default, _id=subshell_id: _id
+        return True
     except Exception:  # the panel works without it; clicks then wait for the cell to end
-        return
+        return False
+
+
+WAITS_FOR_THE_CELL = (
+    "clicks act when the running cell ends: this kernel has no subshells (ipykernel 7.4+ has); "
+    "a %%persist keeps syncing on its own meanwhile"
+)
 
 
 class Panel:
@@ -202,11 +211,13 @@ class Panel:
         )
         self.pause = w.Button(description="Pause", tooltip="Pause or resume background syncs").add_class("cm-pause")
         self.refresh_button = w.Button(description="Refresh").add_class("cm-refresh")
-        _route_clicks_off_the_main_thread([self.sync_now, self.pause, self.refresh_button])
+        acting = _route_clicks_off_the_main_thread([self.sync_now, self.pause, self.refresh_button])
         self.sync_now.on_click(lambda _: self.trigger())
         self.pause.on_click(lambda _: self.toggle_pause())
         self.refresh_button.on_click(lambda _: self.refresh())
-        buttons = w.HBox([self.sync_now, self.pause, self.refresh_button]).add_class("cm-buttons")
+        note = w.HTML("" if acting else f"<span style='color:#5f6368'>{WAITS_FOR_THE_CELL}</span>")
+        buttons = w.HBox([self.sync_now, self.pause, self.refresh_button, note.add_class("cm-clicks")])
+        buttons.add_class("cm-buttons")
         self.widget = w.VBox([self.header, self.rows_box, buttons]).add_class("cm-panel")
         self._rows: dict[str, Any] = {}
         self._lock = threading.Lock()

@@ -16,7 +16,9 @@ jupyter_client = pytest.importorskip("jupyter_client", reason="jupyter_client is
 pytest.importorskip("ipykernel", reason="ipykernel is a test dependency")
 pytest.importorskip("ipywidgets")
 
-from kernels import kernel_env, running
+from kernels import kernel_env, running  # noqa: E402
+
+from colab_magics.panel import PANEL_TEXT, WAITS_FOR_THE_CELL  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 
@@ -46,26 +48,34 @@ def _messages(kc, until, timeout=60):
 
 
 def test_sync_now_works_while_the_persist_cell_runs(tmp_path):
+    """With ipykernel 7.4+ the click acts during the cell; an older kernel's panel says it will not."""
     import ipykernel
 
-    if int(ipykernel.__version__.split(".")[0]) < 7:
-        pytest.skip("clicks during a running cell need kernel subshells (ipykernel 7+)")
+    subshells = tuple(int(x) for x in ipykernel.__version__.split(".")[:2]) >= (7, 4)
     workdir = tmp_path / "work"
     workdir.mkdir()
     remote = tmp_path / "remote"
     with running(workdir, kernel_env(tmp_path, remote)) as (_, kc):
         kc.execute(CELL)
         buttons: dict[str, str] = {}
-        views = []
+        views, texts = [], []
         for msg in _messages(kc, lambda m: "Sync now" in buttons and views):
             content = msg["content"]
             if msg["msg_type"] == "comm_open":
                 state = content["data"].get("state", {})
                 if state.get("_model_name") == "ButtonModel":
                     buttons[state.get("description")] = content["comm_id"]
+                if state.get("_model_name") == "HTMLModel":
+                    texts.append(state.get("value", ""))
             if msg["msg_type"] == "display_data" and "application/vnd.jupyter.widget-view+json" in content["data"]:
                 views.append(content["data"])
-        assert "colab_magics:" in views[0]["text/plain"]  # the text form travels with the view
+        assert views[0]["text/plain"] == PANEL_TEXT  # the text form travels with the view, and never goes stale
+        says_it_waits = any(WAITS_FOR_THE_CELL in t for t in texts)
+        if not subshells:  # Jupyter on an older ipykernel: no transport acts during the cell, and the panel says so
+            assert says_it_waits, texts
+            (workdir / "release").write_text("")
+            return
+        assert not says_it_waits
         manifest = remote / "outputs" / "manifest.json"
         assert not manifest.exists()  # nothing synced yet: interval is an hour
         deadline = time.monotonic() + 60  # the click comes once the cell has written its first file
