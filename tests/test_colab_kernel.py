@@ -36,7 +36,8 @@ def test_colab_in_a_real_kernel_mounts_drive_and_flush_makes_it_safe(tmp_path):
         reply = kc.execute_interactive("%drive_status", timeout=60, output_hook=shown.append)
         html = [m["content"]["data"]["text/html"] for m in shown if m["msg_type"] == "display_data"]
         assert html and "cm-webpanel" in html[0] and "proxyPort" in html[0]  # Colab gets the web panel
-        state = run(kc, "import colab_magics; m = list(colab_magics._loaded.values())[0]; print(m._web_state()['html'])")
+        run(kc, "import colab_magics; m = list(colab_magics._loaded.values())[0]")
+        state = run(kc, "print(m._web_state()['html'])")
         assert "not safe to disconnect" in state and "upload pending" in state, state
         flushed = run(kc, "%drive_flush")
         assert flushed.startswith("flushed to Drive at ") and "safe to disconnect" in flushed, flushed
