@@ -74,14 +74,14 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-import psutil
-import results
+import psutil  # noqa: E402
+import results  # noqa: E402
 
-from colab_magics import runner
-from colab_magics.binary import find_rclone
-from colab_magics.events import bus
-from colab_magics.packsync import PackedSync
-from colab_magics.persist import Persister
+from colab_magics import runner  # noqa: E402
+from colab_magics.binary import find_rclone  # noqa: E402
+from colab_magics.events import bus  # noqa: E402
+from colab_magics.packsync import PackedSync  # noqa: E402
+from colab_magics.persist import Persister  # noqa: E402
 
 MiB = 2**20
 MB = 10**6
@@ -574,8 +574,9 @@ def report(runs: list[dict], args: argparse.Namespace, meta: dict) -> tuple[str,
       f"%%persist outputs --every {args.every}")  # fmt: skip
     p(f"{meta['rclone']}; Python {platform.python_version()}; IPython {meta['ipython']}; {os.cpu_count()} CPUs")
     p("")
-    head = (f"{'#':>2} {'run':<8} {'steps':>6} {'steps/s':>8} {'vs base':>8} {'step p50/p99/max ms':>21} {'CPU ms/step':>11} "
-            f"{'ckpts':>5} {'ckpt write s':>13} {'CPU s: loop/other/rclone':>25} {'start s':>7} {'flush s':>7}")  # fmt: skip
+    head = (f"{'#':>2} {'run':<8} {'steps':>6} {'steps/s':>8} {'vs base':>8} {'step p50/p99/max ms':>21} "
+            f"{'CPU ms/step':>11} {'ckpts':>5} {'ckpt write s':>13} {'CPU s: loop/other/rclone':>25} "
+            f"{'start s':>7} {'flush s':>7}")  # fmt: skip
     p(head)
     p("-" * len(head))
     for r in runs:
@@ -589,7 +590,8 @@ def report(runs: list[dict], args: argparse.Namespace, meta: dict) -> tuple[str,
         wtxt = f"{statistics.fmean(writes):.2f}/{max(writes):.2f}" if writes else "-"
         cpu = f"{lp['loop_thread_cpu']:.1f}/{lp['other_threads_cpu']:.1f}/{lp['children_cpu']:.1f}"
         p(f"{r['index']:>2} {r['mode']:<8} {lp['steps']:>6} {lp['steps_per_s']:>8.2f} {rel:>8} "
-          f"{sm['p50']:>6.1f}/{sm['p99']:>5.1f}/{sm['max']:>6.0f}  {lp['compute_cpu'] / lp['steps'] * 1000:>11.2f} {len(writes):>5} {wtxt + ' (mean/max)':>13} "
+          f"{sm['p50']:>6.1f}/{sm['p99']:>5.1f}/{sm['max']:>6.0f}  {lp['compute_cpu'] / lp['steps'] * 1000:>11.2f} "
+          f"{len(writes):>5} {wtxt + ' (mean/max)':>13} "
           f"{cpu:>25} {r['startup_s']:>7.2f} {r['after_loop_s']:>7.2f}")  # fmt: skip
         if r.get("error"):
             p(f"   ! {r['error']}")
@@ -617,16 +619,19 @@ def report(runs: list[dict], args: argparse.Namespace, meta: dict) -> tuple[str,
         p("  machine CPU busy during the loop (of CPUs x wall): " + "; ".join(
             f"#{r['index']} {r['loop']['machine_busy_cpu']:.0f}/{(os.cpu_count() or 1) * r['loop']['seconds']:.0f} s"
             f" (other processes {_outside(r['loop']):.1f} s, steal {r['loop']['machine_steal_cpu']:.1f} s)"
-            + (f", disk written {r['loop']['disk_written_mb']:.0f} MB" if r['loop']['disk_written_mb'] is not None else "")
+            + (f", disk written {r['loop']['disk_written_mb']:.0f} MB"
+               if r['loop']['disk_written_mb'] is not None else "")
             for r in ok))  # fmt: skip
     for r in pers:
         lag = r["lag"]
         p("")
-        p(f"run #{r['index']} (persist): checkpoint versions written {lag['written']}: safe on the remote by a periodic "
-          f"sync {lag['periodic']}, by the final flush {lag['final']}, skipped (superseded before a sync) {lag['skipped']}")  # fmt: skip
+        p(f"run #{r['index']} (persist): checkpoint versions written {lag['written']}: safe on the remote by a "
+          f"periodic sync {lag['periodic']}, by the final flush {lag['final']}, skipped (superseded before a sync) "
+          f"{lag['skipped']}")  # fmt: skip
         p(f"  lag written -> in the remote manifest (periodic syncs): min {f1(lag['min'], ' s')}, median "
           f"{f1(lag['median'], ' s')}, max {f1(lag['max'], ' s')}"
-          + (f"; final flush: {', '.join(f'{x:.1f} s' for x in lag['final_lags'])}" if lag["final_lags"] else ""))  # fmt: skip
+          + (f"; final flush: {', '.join(f'{x:.1f} s' for x in lag['final_lags'])}"
+             if lag["final_lags"] else ""))  # fmt: skip
         ev = [e for e in r["sync_events"] if e["kind"] == "finished" and not e.get("unparsed")]
         periodic = [e for e in ev if not e["final"]]
         moved = [e["moved_bytes"] / MB for e in periodic if e.get("moved_bytes") is not None]
@@ -635,8 +640,10 @@ def report(runs: list[dict], args: argparse.Namespace, meta: dict) -> tuple[str,
         failed = [e for e in r["sync_events"] if e["kind"] == "failed"]
         p(f"  syncs during the loop: {len(periodic)} finished"
           + (f", {len(failed)} FAILED ({failed[0]['message'][:120]})" if failed else "")
-          + (f"; moved per sync (summary) mean {statistics.fmean(moved):.0f} MB, max {max(moved):.0f} MB" if moved else "")
-          + (f"; new part bytes per manifest mean {statistics.fmean(up):.0f} MB, max {max(up):.0f} MB" if up else ""))  # fmt: skip
+          + (f"; moved per sync (summary) mean {statistics.fmean(moved):.0f} MB, max {max(moved):.0f} MB"
+             if moved else "")
+          + (f"; new part bytes per manifest mean {statistics.fmean(up):.0f} MB, max {max(up):.0f} MB"
+             if up else ""))  # fmt: skip
         bg = [s for s in r["sync_phases"] if s["thread"] == "background"]
         if bg:
             dur = [s["end"] - s["start"] for s in bg]
@@ -645,8 +652,8 @@ def report(runs: list[dict], args: argparse.Namespace, meta: dict) -> tuple[str,
             for s in bg:
                 for k, (n, _) in s["rclone"].items():
                     calls[k] = calls.get(k, 0) + n
-            p(f"  background sync: {statistics.fmean(dur):.2f} s mean ({min(dur):.2f}-{max(dur):.2f}), persist-thread CPU "
-              f"{statistics.fmean(s['thread_cpu'] for s in bg):.2f} s per sync; phases (mean s): "
+            p(f"  background sync: {statistics.fmean(dur):.2f} s mean ({min(dur):.2f}-{max(dur):.2f}), "
+              f"persist-thread CPU {statistics.fmean(s['thread_cpu'] for s in bg):.2f} s per sync; phases (mean s): "
               + ", ".join(f"{k.strip('_')} {v:.2f}" for k, v in phases.items()))  # fmt: skip
             spawn = sum(t for s in bg for (_, t) in s["rclone"].values()) / max(1, sum(calls.values()))
             p(f"  rclone children per sync: {sum(calls.values()) / len(bg):.1f}, {spawn * 1000:.0f} ms each to start ("
@@ -662,7 +669,8 @@ def report(runs: list[dict], args: argparse.Namespace, meta: dict) -> tuple[str,
         torn = sorted({p_ for m in r["manifests"] if not m["final"] for p_ in m["torn_in_new_parts"]})
         lg = r["log"]
         p(f"  {LOG}: {lg['local_bytes']:,} bytes locally at loop end, {lg['remote_bytes_at_loop_end']:,} in the remote "
-          f"manifest then; manifests that updated it during the loop: {lg['manifests_updating_it_during_loop']} of {len(man)}"
+          f"manifest then; manifests that updated it during the loop: "
+          f"{lg['manifests_updating_it_during_loop']} of {len(man)}"
           + (f"; uploaded but left for the next sync (torn): {', '.join(torn)}" if torn else ""))  # fmt: skip
         if r["stray_remote_files"]:
             p(f"  ! files on the remote besides {CKPT} and {LOG}: {', '.join(r['stray_remote_files'])}")

@@ -59,12 +59,12 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-import results
-from servers import Server
+import results  # noqa: E402
+from servers import Server  # noqa: E402
 
-import colab_magics
-from colab_magics import remotes
-from colab_magics.binary import find_rclone
+import colab_magics  # noqa: E402
+from colab_magics import remotes  # noqa: E402
+from colab_magics.binary import find_rclone  # noqa: E402
 
 FILE_SIZE = 20 * 1024
 FOLDERS = 4
@@ -392,7 +392,8 @@ def report(
             scaled = f"{row.time * SCALE_TO / row.measured_files:,.0f} s (linear, x{SCALE_TO / row.measured_files:.3g})"
         files = f"{row.files:,}" if row.files is not None else "-"
         p(
-            f"{row.number:>2}  {row.direction:<4}  {row.label:<58}  {fmt_s(row.time):>9}  {runs:<26}  {files:>6}  {scaled:<24}"
+            f"{row.number:>2}  {row.direction:<4}  {row.label:<58}  {fmt_s(row.time):>9}  {runs:<26}  "
+            f"{files:>6}  {scaled:<24}"
         )
         for note in row.notes:
             p(f"{'':>2}  {'':<4}  ! {note}")
@@ -421,8 +422,8 @@ def report(
     repeat_ok = bool(rows["restage"].times) and not any(x.startswith("NOT") for x in rows["restage"].notes)
     target("repeat stage of unchanged data", t("restage"), "< 0.5 s", lambda v: v < 0.5 and repeat_ok)
     if memory and "error" not in memory:
-        target("peak RSS of the staging Python process (2 GiB packed)", memory["self_maxrss_kib"] * 1024 / MB, "< 200 MB",
-               lambda v: v < 200)  # fmt: skip
+        target("peak RSS of the staging Python process (2 GiB packed)", memory["self_maxrss_kib"] * 1024 / MB,
+               "< 200 MB", lambda v: v < 200)  # fmt: skip
     elif not args.skip_memory:
         targets.append({"target": "peak RSS of the staging Python process", "value": None, "goal": "< 200 MB",
                         "result": "n/a", "error": (memory or {}).get("error")})  # fmt: skip
@@ -449,13 +450,15 @@ def report(
               f"{memory['parts']} parts of {memory['part_size'] // 2**20} MiB from a local folder remote "
               f"in {memory['seconds']:.1f} s (separate Python process, 4 workers)")  # fmt: skip
             p(f"  compared with the target: peak RSS of the staging Python process (RUSAGE_SELF) = "
-              f"{memory['self_maxrss_kib'] * 1024 / MB:.0f} MB (of which {memory['rss_after_import_kib'] * 1024 / MB:.0f} MB "
+              f"{memory['self_maxrss_kib'] * 1024 / MB:.0f} MB "
+              f"(of which {memory['rss_after_import_kib'] * 1024 / MB:.0f} MB "
               f"is the interpreter + imports)")  # fmt: skip
-            p(f"  largest rclone child (RUSAGE_CHILDREN of that process) = {memory['children_maxrss_kib'] * 1024 / MB:.0f} MB each; "
+            p(f"  largest rclone child (RUSAGE_CHILDREN of that process) = "
+              f"{memory['children_maxrss_kib'] * 1024 / MB:.0f} MB each; "
               f"up to {memory.get('max_concurrent_children') or '?'} ran at once")  # fmt: skip
             if tree:
-                p(f"  whole process tree (Python + rclone children, summed RSS sampled every 20 ms, shared pages counted "
-                  f"per process) peaked at {tree / MB:.0f} MB")  # fmt: skip
+                p(f"  whole process tree (Python + rclone children, summed RSS sampled every 20 ms, shared pages "
+                  f"counted per process) peaked at {tree / MB:.0f} MB")  # fmt: skip
     text = "\n".join(lines)
     print(text, flush=True)
     return {"targets": targets, "text": text, "upload_file_by_file_scaled_to_n_s": up_fbf}
@@ -468,7 +471,8 @@ def main() -> int:
     )
     ap.add_argument("--files", type=int, default=None, help="number of 20 KiB files (default 5000; 500 with --quick)")
     ap.add_argument("--upload-files", type=int, default=None,
-                    help="files in the file-by-file upload sample (row 6; default min(files, 300), 60 with --quick)")  # fmt: skip
+                    help="files in the file-by-file upload sample "
+                         "(row 6; default min(files, 300), 60 with --quick)")  # fmt: skip
     ap.add_argument(
         "--download-files",
         type=int,

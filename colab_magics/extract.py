@@ -104,7 +104,8 @@ class Extractor:
         hashed: bool = False,
         on_bytes: Callable[[int], None] | None = None,
     ) -> str:
-        """Write ``size`` bytes of ``data`` to ``rel`` (at ``offset`` for a segment); returns the SHA-256 if ``hashed``."""
+        """Write ``size`` bytes of ``data`` to ``rel`` (at ``offset`` for a segment);
+        returns the SHA-256 if ``hashed``."""
         self.check_space(size)
         path = self._parent_ready(rel)
         digest = hashlib.sha256() if hashed else None

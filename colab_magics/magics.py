@@ -8,13 +8,15 @@ background; ``%unload_ext colab_magics`` stops it all.
 from __future__ import annotations
 
 import ast
+import asyncio
+import inspect
 import os
 import shlex
 import sys
 import threading
 import time
 from concurrent import futures
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -36,6 +38,41 @@ from .status import StatusBoard
 from .text import ProgressPrinter
 from .units import format_duration, parse_duration, parse_size
 from .webpanel import WebPanel
+
+_LAST_VALUE = "_colab_magics_last_value"  # where a %%persist body's last expression is kept a moment
+
+
+def _run_coroutine(coro: Coroutine[Any, Any, object]) -> object:
+    """Run a cell body that awaits.  In a terminal IPython no loop runs here: a private one does.  In a
+    kernel the kernel's own loop runs this thread and waits for this cell, so the body runs on a
+    private loop of a worker thread while this thread waits (and still takes Ctrl-C, which cancels it)."""
+    __tracebackhide__ = True
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(coro)
+        finally:
+            loop.close()
+    loop = asyncio.new_event_loop()
+    worker = threading.Thread(target=loop.run_forever, name="colab_magics-await", daemon=True)
+    worker.start()
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    try:
+        while True:
+            try:
+                return future.result(timeout=0.2)
+            except futures.TimeoutError:
+                continue
+    except KeyboardInterrupt:
+        future.cancel()
+        raise
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        worker.join(5)
+        if not worker.is_alive():
+            loop.close()
 
 
 def _env(name: str, default: str = "") -> str:
@@ -399,17 +436,22 @@ class ColabMagics(Magics):
 
     def _run_body(self, cell: str) -> object:
         """The cell's body as IPython runs a cell: its own lines in tracebacks (the source is cached
-        for them), the value of a last expression returned for display."""
+        for them), the value of a last expression returned for display, top-level ``await``."""
         __tracebackhide__ = True
         shell = self.shell
         source = shell.transform_cell(cell)
         filename = shell.compile.cache(source, shell.execution_count, raw_code=cell)
         tree = shell.transform_ast(ast.parse(source, filename))
-        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-        exec(compile(tree, filename, "exec"), shell.user_global_ns, shell.user_ns)
-        if last is None:
-            return None
-        return eval(compile(ast.Expression(last.value), filename, "eval"), shell.user_global_ns, shell.user_ns)
+        shown = not source.rstrip().endswith(";")  # a trailing ";" hides the value, as in any cell
+        last = tree.body[-1] if shown and tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        if last is not None:  # kept, so that the value survives an await in the expression itself
+            keep = ast.Assign(targets=[ast.Name(id=_LAST_VALUE, ctx=ast.Store())], value=last.value)
+            tree.body[-1] = ast.fix_missing_locations(ast.copy_location(keep, last))
+        code = compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        outcome = eval(code, shell.user_global_ns, shell.user_ns)
+        if inspect.iscoroutine(outcome):  # the body awaits at its top level
+            _run_coroutine(outcome)
+        return shell.user_ns.pop(_LAST_VALUE, None)
 
     def _finish(self, persister: Persister, failing: bool, interrupted: bool = False) -> None:
         """The final sync; while the cell's own error propagates, a sync error is printed, not raised."""

@@ -80,8 +80,13 @@ def stage(
     src = remotes.resolve(source, root)
     target = Path(os.path.abspath(dest if dest is not None else default_dest(src)))
     _check_dest(src, target)
-    work = lambda ctx: _Stage(ctx, src, target, workers).run(force)
-    return run_job(name or f"stage {target.name}", "down", f"{src} -> {target}", work, rclone, events, cancel, target=str(target))
+
+    def work(ctx: Context) -> Result:
+        return _Stage(ctx, src, target, workers).run(force)
+
+    return run_job(
+        name or f"stage {target.name}", "down", f"{src} -> {target}", work, rclone, events, cancel, target=str(target)
+    )
 
 
 def _check_dest(src: str, target: Path) -> None:
@@ -253,7 +258,10 @@ class _Stage:
         def consume(reader: HashingReader) -> None:
             stream: IO[bytes] = _zstd_reader(reader) if manifest.compression == "zstd" else reader  # type: ignore[assignment]
             tar = TarStream(stream, where)
-            count = lambda n: self.ctx.job.add(done_bytes=n)
+
+            def count(n: int) -> None:
+                self.ctx.job.add(done_bytes=n)
+
             for member in tar.members():
                 rel = safe_relpath(member.name, ex.what)
                 if rel in superseded:  # a later part holds its current version
@@ -320,7 +328,10 @@ class _Stage:
         ex = Extractor(self.tree, f"archive {self.src}")
         shutil.rmtree(self.tree)
         self.tree.mkdir()
-        count_bytes = lambda n: job.add(done_bytes=n)
+
+        def count_bytes(n: int) -> None:
+            job.add(done_bytes=n)
+
         if kind == "zip":
             download = self.work / "download.zip"
             with open(download, "wb") as out:

@@ -13,7 +13,10 @@ from .events import Event, Progress
 
 def progress_line(name: str, p: Progress) -> str:
     """``push outputs  42% 1.2 GiB/2.9 GiB  35.1 MiB/s  ETA 48s  120/300 files``."""
-    size = lambda n: humanize.naturalsize(n, binary=True)
+
+    def size(n: float) -> str:
+        return humanize.naturalsize(n, binary=True)
+
     parts = [name]
     if p.total_bytes > 0:
         pct = min(100, int(100 * p.done_bytes / p.total_bytes))

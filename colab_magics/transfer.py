@@ -253,7 +253,10 @@ class Result:
             rate = humanize.naturalsize(moved / max(self.seconds, 1e-3), binary=True)
             what = f"{self.files:,} {_files(self.files)} ({size})"
             if self.moved_files is not None and self.moved_files != self.files:
-                what = f"{self.moved_files:,} changed of {self.files:,} files ({humanize.naturalsize(moved, binary=True)} of {size})"
+                what = (
+                    f"{self.moved_files:,} changed of {self.files:,} files "
+                    f"({humanize.naturalsize(moved, binary=True)} of {size})"
+                )
             # a rate means nothing for a sync of a second or a few bytes ("0 Bytes/s")
             how = f"{rate}/s, {self.kind}" if self.seconds >= 1.0 and moved >= MEANINGFUL_BYTES else self.kind
             line = f"{self.action} {what} from {self.source} to {self.dest} in {self.seconds:.1f}s ({how})"

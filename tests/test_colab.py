@@ -129,7 +129,9 @@ def test_a_failed_flush_says_so_in_one_line_and_stays_not_safe(colab, ip, tmp_pa
     capsys.readouterr()
     ip.run_line_magic("drive_status", "")
     status = capsys.readouterr().out
-    assert status.startswith("colab_magics: error \u2014 NOT safe to disconnect (Drive mount: Google Drive's flush failed")
+    assert status.startswith(
+        "colab_magics: error \u2014 NOT safe to disconnect (Drive mount: Google Drive's flush failed"
+    )
     assert "on the Drive mount, upload pending" in status
 
 

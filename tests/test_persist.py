@@ -25,7 +25,8 @@ def _remote_files(folder) -> dict[str, int]:
 def test_cell_outputs_end_flushed_and_verified(ip, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ip.run_cell_magic("persist", "outputs --every 1h", "import os\nos.makedirs('outputs/ckpt', exist_ok=True)\n"
-                      "open('outputs/ckpt/model.pt','wb').write(b'x'*5000)\nopen('outputs/log.txt','w').write('done')")  # fmt: skip
+                      "open('outputs/ckpt/model.pt','wb').write(b'x'*5000)\n"
+                      "open('outputs/log.txt','w').write('done')")  # fmt: skip
     out = capsys.readouterr().out
     assert "final sync at" in out and "pushed" in out
     remote = tmp_path / "default-remote" / "outputs"
@@ -52,6 +53,17 @@ def test_the_cell_says_where_it_persists_and_its_last_expression_is_its_value(ip
         first
         == f"persisting {tmp_path / 'outputs'} to {tmp_path / 'default-remote' / 'outputs'} (this machine) every 1m30s"
     )
+
+
+def test_the_body_may_await_at_its_top_level(ip, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    body = (
+        "import asyncio\nawait asyncio.sleep(0)\nopen('outputs/a.txt', 'w').write('a')\n"
+        "await asyncio.sleep(0, 'done')"
+    )
+    assert ip.run_cell_magic("persist", "outputs", body) == "done"
+    assert ip.run_cell_magic("persist", "outputs", "x = 1\nx;") is None  # a trailing ";" hides the value
+    assert _remote_files(tmp_path / "default-remote" / "outputs") == {"a.txt": 1}
 
 
 def test_an_interrupt_ends_with_one_line_that_says_what_is_safe(ip, tmp_path, monkeypatch, capsys):
@@ -263,7 +275,8 @@ def test_cli_persist_syncs_and_passes_the_exit_status_on(tmp_path):
 
     script = "import os,sys; os.makedirs('out', exist_ok=True); open('out/result.txt','w').write('42'); sys.exit(3)"
     run = subprocess.run(
-        [sys.executable, "-m", "colab_magics.cli", "persist", "out", "--every", "1h", "--", sys.executable, "-c", script],
+        [sys.executable, "-m", "colab_magics.cli", "persist", "out", "--every", "1h", "--",
+         sys.executable, "-c", script],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 3, run.stderr

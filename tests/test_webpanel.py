@@ -25,7 +25,8 @@ def served():
 
     panel = WebPanel(lambda: {"html": render_html(board), "paused": False},
                      {"sync": lambda _: clicks.append("sync") or "syncing 1 persist(s) now", "flush": boom,
-                      "dismiss": lambda key: "dismissed" if board.dismiss(key) else "nothing to dismiss there"})  # fmt: skip
+                      "dismiss": lambda key: ("dismissed" if board.dismiss(key)
+                                              else "nothing to dismiss there")})  # fmt: skip
     yield panel, events, clicks, board
     panel.close()
     board.close()

@@ -17,7 +17,7 @@ import pytest
 jupyter_client = pytest.importorskip("jupyter_client", reason="jupyter_client is a test dependency")
 pytest.importorskip("ipykernel", reason="ipykernel is a test dependency")
 
-from kernels import kernel_env, run, start
+from kernels import kernel_env, run, start  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 

@@ -227,3 +227,18 @@ def test_an_error_in_a_persist_cell_shows_the_cells_own_lines(tmp_path):
         assert "return 1 / 0" in traceback, traceback
         assert "colab_magics" not in traceback and "Could not get source" not in traceback, traceback
         assert "final sync at" in text
+
+
+def test_a_persist_cell_may_await_in_a_kernel_whose_loop_is_running(tmp_path):
+    remote, work = tmp_path / "remote", tmp_path / "work"
+    work.mkdir()
+    with running(work, kernel_env(tmp_path, remote)) as (_, kc):
+        shown: list[dict] = []
+        cell = (
+            "%%persist outputs --every 1h\nimport asyncio\nawait asyncio.sleep(0.1)\n"
+            "open('outputs/a.txt', 'w').write('a')\n6 * 7"
+        )
+        reply = kc.execute_interactive(cell, timeout=60, output_hook=shown.append)
+        assert reply["content"]["status"] == "ok", shown
+        assert [m["content"]["data"]["text/plain"] for m in shown if m["msg_type"] == "execute_result"] == ["42"]
+    assert {f["path"] for f in json.loads((remote / "outputs" / "manifest.json").read_text())["files"]} == {"a.txt"}

@@ -113,8 +113,9 @@ def test_persist_of_50000_small_files(tmp_path, no_loss):
     out = _child("rewrite", {"local": str(local), "back": str(back), "modify": modify, "add": add})
     first, second, final = out["first"], out["second"], out["final"]
     print(
-        f"\n{N_FILES:,} files ({sum(sizes.values()) / MiB:.0f} MiB) made in {made:.1f}s; first sync {first['seconds']}s "
-        f"({len(first['parts'])} parts), second sync {second['seconds']}s ({second['moved_files']} files, "
+        f"\n{N_FILES:,} files ({sum(sizes.values()) / MiB:.0f} MiB) made in {made:.1f}s; "
+        f"first sync {first['seconds']}s ({len(first['parts'])} parts), "
+        f"second sync {second['seconds']}s ({second['moved_files']} files, "
         f"{second['moved_bytes']:,} bytes up), final flush {final['seconds']}s, stage {out['stage_seconds']}s; "
         f"child {out['wall']}s in all"
     )
