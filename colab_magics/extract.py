@@ -9,19 +9,24 @@ compression bomb or a full disk stops early with a plain message.
 
 from __future__ import annotations
 
+import bz2
 import calendar
 import errno
+import gzip
 import hashlib
+import io
+import lzma
 import os
 import posixpath
 import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import IO, Callable
 
-from .errors import ColabMagicsError, UnsafeArchive
+from .errors import ColabMagicsError, UnsafeArchive, VerificationError
 
 CHUNK = 1 << 20
 _DISK_MARGIN = 64 << 20  # kept free (at most 5% of a small disk)
@@ -52,6 +57,19 @@ def check_symlink(rel: str, target: str, what: str) -> None:
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
     if resolved == ".." or resolved.startswith("../"):
         raise UnsafeArchive(f"{what} symlink {rel!r} -> {target!r} points outside the destination")
+
+
+def check_links_resolve_inside(root: Path, links: list[tuple[str, str]], what: str) -> None:
+    """Judge every symlink on the real tree: followed through the other links in it (``cur -> .``
+    then ``par -> cur/..``), it must still land inside ``root``.  A textual check cannot see a chain."""
+    real_root = os.path.realpath(root)
+    for rel, target in links:
+        resolved = os.path.realpath(os.path.join(root, rel))
+        if resolved != real_root and not resolved.startswith(real_root + os.sep):
+            raise UnsafeArchive(
+                f"{what} symlink {rel!r} -> {target!r} leads outside the destination through the links "
+                "beside it; refusing to extract"
+            )
 
 
 class Extractor:
@@ -175,12 +193,165 @@ class Extractor:
 
 
 def extract_tar(stream: IO[bytes], ex: Extractor, on_bytes: Callable[[int], None] | None = None) -> int:
-    """Extract a whole tar stream into ``ex``; returns the number of files written."""
-    files = 0
-    with tarfile.open(fileobj=stream, mode="r|*", bufsize=CHUNK) as tf:
-        files = _extract_members(tf, ex, on_bytes)
+    """Extract a whole tar stream (plain or compressed: gzip, bzip2, xz, zstd, found by their magic
+    bytes) into ``ex``; returns the number of files written.  The compressed stream is read to its
+    very end, every member, stream or frame of it, so an archive cut short is an error, not a
+    shorter tree."""
+    data = decompressed(stream, ex.what)
+    try:
+        with tarfile.open(fileobj=data, mode="r|", bufsize=CHUNK) as tf:
+            files = _extract_members(tf, ex, on_bytes)
+        while data.read(CHUNK):  # what follows the tar's end: padding, and the end markers to check
+            pass
+    except (EOFError, OSError, lzma.LZMAError, zlib.error, tarfile.TarError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the local disk, not the archive
+        raise VerificationError(
+            f"{ex.what} is cut short or damaged ({exc}); "
+            "the file on the remote is incomplete, or not the kind of archive its name says"
+        ) from exc
     ex.finish()
     return files
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream with its first bytes read already (to find the compression) put back in front."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n], self._head = self._head[:n], self._head[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def decompressed(stream: IO[bytes], what: str) -> IO[bytes]:
+    """The bytes of ``stream`` decompressed, by its magic bytes (names lie), with every member read:
+    Python's gzip, bz2 and lzma readers take multi-member files (pigz, pbzip2, ``cat a.gz b.gz``) and
+    raise where the data stops before an end marker; zstd frames are checked by :class:`_ZstdFrames`."""
+    head = b""
+    while len(head) < 6:
+        more = stream.read(6 - len(head))
+        if not more:
+            break
+        head += more
+    raw = io.BufferedReader(_Prefixed(head, stream), CHUNK)
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(raw)  # type: ignore[return-value]
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(raw)  # type: ignore[return-value]
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return _ZstdFrames(raw, what)  # type: ignore[return-value]
+    return raw  # type: ignore[return-value]
+
+
+class _ZstdFrames(io.RawIOBase):
+    """zstd-decompressed bytes of every frame, with memory bounded (zstandard's stream reader), and
+    the frame structure followed alongside, block by block, because that reader takes the end of
+    the input for the end of the data: a frame cut short raises :class:`EOFError`."""
+
+    def __init__(self, raw: IO[bytes], what: str) -> None:
+        import zstandard
+
+        self._watch = _FrameWatch()
+        self._raw = raw
+        tee = _Tee(raw, self._watch.feed)
+        self._reader = zstandard.ZstdDecompressor().stream_reader(tee, read_size=CHUNK, read_across_frames=True)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        n = self._reader.readinto(buffer)
+        if n == 0 and not self._watch.complete():
+            raise EOFError("the zstd data ends inside a frame")
+        return n
+
+
+class _Tee:
+    """Reads through to ``raw`` and shows every byte read to ``see``."""
+
+    def __init__(self, raw: IO[bytes], see: Callable[[bytes], None]) -> None:
+        self._raw = raw
+        self._see = see
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._see(data)
+        return data
+
+
+class _FrameWatch:
+    """Follows zstd's frame format (RFC 8878) over the compressed bytes: headers, block sizes,
+    checksums and skippable frames, skipping the contents; complete only between two frames."""
+
+    def __init__(self) -> None:
+        self._need = 0  # bytes to skip before the next header
+        self._header_size = 0
+        self._buf = b""
+        self._state = "magic"
+        self._checksum = False
+
+    def complete(self) -> bool:
+        return self._state == "magic" and self._need == 0 and not self._buf
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._need:
+                step = min(self._need, len(view))
+                self._need -= step
+                view = view[step:]
+                continue
+            want = {"magic": 4, "descriptor": 1, "block": 3, "skippable": 4}.get(self._state, 0)
+            if self._state == "header":
+                want = self._header_size
+            take = min(want - len(self._buf), len(view))
+            self._buf += bytes(view[:take])
+            view = view[take:]
+            if len(self._buf) == want:
+                buf, self._buf = self._buf, b""
+                self._advance(buf)
+
+    def _advance(self, buf: bytes) -> None:
+        if self._state == "magic":
+            magic = int.from_bytes(buf, "little")
+            if 0x184D2A50 <= magic <= 0x184D2A5F:
+                self._state = "skippable"
+            elif magic == 0xFD2FB528:
+                self._state = "descriptor"
+            else:
+                raise EOFError(f"not a zstd frame (magic {magic:#x})")
+        elif self._state == "skippable":
+            self._need = int.from_bytes(buf, "little")
+            self._state = "magic"
+        elif self._state == "descriptor":
+            d = buf[0]
+            fcs_flag, single, did_flag = d >> 6, (d >> 5) & 1, d & 3
+            self._checksum = bool((d >> 2) & 1)
+            fcs = (1 if single else 0, 2, 4, 8)[fcs_flag]
+            self._header_size = (0 if single else 1) + (0, 1, 2, 4)[did_flag] + fcs
+            self._state = "header" if self._header_size else "block"
+        elif self._state == "header":
+            self._state = "block"
+        elif self._state == "block":
+            header = int.from_bytes(buf, "little")
+            last, kind, size = header & 1, (header >> 1) & 3, header >> 3
+            self._need = 1 if kind == 1 else size  # an RLE block holds one byte
+            if last:
+                self._need += 4 if self._checksum else 0
+                self._state = "magic"
 
 
 def _extract_members(tf: tarfile.TarFile, ex: Extractor, on_bytes: Callable[[int], None] | None) -> int:

@@ -23,7 +23,7 @@ from typing import IO
 from . import localtree, remotes
 from .errors import BadInput, RemoteNotFound, UnsafeArchive, VerificationError
 from .events import EventBus
-from .extract import Extractor, check_symlink, extract_tar, extract_zip, safe_relpath
+from .extract import Extractor, check_links_resolve_inside, check_symlink, extract_tar, extract_zip, safe_relpath
 from .manifest import MANIFEST_NAME, FileEntry, Manifest, Segment
 from .runner import Rclone
 from .swap import replace_tree
@@ -186,13 +186,14 @@ class _Stage:
                 note = self.fill_folder()
             else:
                 self.fill_archive(kind)
+            snapshot = localtree.scan(self.tree)
+            check_links_resolve_inside(self.tree, snapshot.links, f"{kind} {self.src}")
         except BaseException as exc:
             # packed parts and folder files already fetched are kept for a resume; a single
             # archive restarts anyway, and nothing from a hostile archive is kept
             if isinstance(exc, UnsafeArchive) or kind not in ("packed", "folder"):
                 shutil.rmtree(self.work, ignore_errors=True)
             raise
-        snapshot = localtree.scan(self.tree)
         replace_tree(self.tree, self.dest, self.work / "old")
         write_json(self.state_file, {"identity": identity, "tree": snapshot.fingerprint()})
         shutil.rmtree(self.work, ignore_errors=True)
@@ -338,9 +339,8 @@ class _Stage:
                 _, reader = self.ctx.stream(self.src, lambda r: shutil.copyfileobj(r, out, 1 << 20), count_bytes)
             files = extract_zip(download, ex)
             download.unlink()
-        else:
-            stream_of = _zstd_reader if kind == "zst" else (lambda r: r)
-            files, reader = self.ctx.stream(self.src, lambda r: extract_tar(stream_of(r), ex), count_bytes)
+        else:  # the compression is found by its magic bytes, and read to its end (extract_tar)
+            files, reader = self.ctx.stream(self.src, lambda r: extract_tar(r, ex), count_bytes)
         job.update(done_files=files, total_files=files)
         self.verify_download(reader)
 
