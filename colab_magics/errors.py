@@ -53,6 +53,10 @@ class UnsafeArchive(ColabMagicsError):
     """An archive entry would land outside the destination, or is a device or special file."""
 
 
+class UnsupportedArchive(ColabMagicsError):
+    """An archive (or an entry of it) that cannot be read here: encrypted, or an unknown compression."""
+
+
 class VerificationError(ColabMagicsError):
     """Data did not match its recorded size or hash."""
 

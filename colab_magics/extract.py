@@ -26,7 +26,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Callable
 
-from .errors import ColabMagicsError, UnsafeArchive, VerificationError
+from .errors import ColabMagicsError, UnsafeArchive, UnsupportedArchive, VerificationError
 
 CHUNK = 1 << 20
 _DISK_MARGIN = 64 << 20  # kept free (at most 5% of a small disk)
@@ -40,23 +40,23 @@ class DiskFull(ColabMagicsError):
 def safe_relpath(name: str, what: str = "archive") -> str:
     """Normalized relative path of an entry, or :class:`UnsafeArchive`."""
     if "\x00" in name:
-        raise UnsafeArchive(f"{what} entry {name!r} has a NUL byte in its name; refusing to extract")
+        raise UnsafeArchive(f"{what} entry {shown(name)} has a NUL byte in its name; refusing to extract")
     cleaned = name.replace("\\", "/") if os.sep == "\\" else name
     if cleaned.startswith("/") or (len(cleaned) > 1 and cleaned[1] == ":" and os.name == "nt"):
-        raise UnsafeArchive(f"{what} entry {name!r} is an absolute path; refusing to extract")
+        raise UnsafeArchive(f"{what} entry {shown(name)} is an absolute path; refusing to extract")
     parts = [p for p in cleaned.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise UnsafeArchive(f"{what} entry {name!r} climbs out with '..'; refusing to extract")
+        raise UnsafeArchive(f"{what} entry {shown(name)} climbs out with '..'; refusing to extract")
     return "/".join(parts)
 
 
 def check_symlink(rel: str, target: str, what: str) -> None:
     """Refuse a symlink at ``rel`` whose ``target`` is absolute or leads outside the root."""
     if target.startswith("/") or "\x00" in target:
-        raise UnsafeArchive(f"{what} symlink {rel!r} points to an absolute path {target!r}")
+        raise UnsafeArchive(f"{what} symlink {shown(rel)} points to an absolute path {shown(target)}")
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
     if resolved == ".." or resolved.startswith("../"):
-        raise UnsafeArchive(f"{what} symlink {rel!r} -> {target!r} points outside the destination")
+        raise UnsafeArchive(f"{what} symlink {shown(rel)} -> {shown(target)} points outside the destination")
 
 
 def check_links_resolve_inside(root: Path, links: list[tuple[str, str]], what: str) -> None:
@@ -67,7 +67,7 @@ def check_links_resolve_inside(root: Path, links: list[tuple[str, str]], what: s
         resolved = os.path.realpath(os.path.join(root, rel))
         if resolved != real_root and not resolved.startswith(real_root + os.sep):
             raise UnsafeArchive(
-                f"{what} symlink {rel!r} -> {target!r} leads outside the destination through the links "
+                f"{what} symlink {shown(rel)} -> {shown(target)} leads outside the destination through the links "
                 "beside it; refusing to extract"
             )
 
@@ -81,8 +81,8 @@ class Extractor:
         self._real_root = os.path.realpath(root)
         self._dirs: dict[str, int] = {}
         self._made: set[str] = {""}
-        self._links: list[tuple[str, str]] = []
-        self._hardlinks: list[tuple[str, str]] = []
+        self._links: dict[str, str] = {}  # symlinks, made last, in archive order
+        self._hardlinks: list[tuple[str, str]] = []  # hard links to symlinks, made after them
         self._budget = 0
 
     def _parent_ready(self, rel: str) -> str:
@@ -92,7 +92,7 @@ class Extractor:
             os.makedirs(full, exist_ok=True)
             real = os.path.realpath(full)
             if not (real + os.sep).startswith(self._real_root + os.sep):
-                raise UnsafeArchive(f"{self.what} entry {rel!r} would be written outside the destination")
+                raise UnsafeArchive(f"{self.what} entry {shown(rel)} would be written outside the destination")
             self._made.add(parent)
         return os.path.join(self.root, rel)
 
@@ -132,7 +132,7 @@ class Extractor:
             fd = os.open(path, flags, 0o600)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise UnsafeArchive(f"{self.what} entry {rel!r} would be written through a link") from exc
+                raise UnsafeArchive(f"{self.what} entry {shown(rel)} would be written through a link") from exc
             raise
         try:
             if offset:
@@ -141,7 +141,7 @@ class Extractor:
             while left > 0:
                 chunk = data.read(min(CHUNK, left))
                 if not chunk:
-                    raise EOFError(f"{self.what} entry {rel!r} is truncated")
+                    raise EOFError(f"{self.what} entry {shown(rel)} is truncated")
                 if digest is not None:
                     digest.update(chunk)
                 view = memoryview(chunk)
@@ -162,32 +162,53 @@ class Extractor:
         return digest.hexdigest() if digest is not None else ""
 
     def add_dir(self, rel: str, mode: int) -> None:
+        self._links.pop(rel, None)  # a later folder entry replaces an earlier symlink
         if rel:
             self._parent_ready(rel + "/x")
             self._dirs[rel] = mode & 0o777
 
     def add_symlink(self, rel: str, target: str) -> None:
         check_symlink(rel, target, self.what)
-        self._links.append((rel, target))
+        self._links.pop(rel, None)
+        self._links[rel] = target
+
+    def claim(self, rel: str) -> None:
+        """A later entry of an archive takes ``rel``: an earlier symlink there is dropped, and an earlier
+        file is unlinked (hard links to it keep that version, as GNU tar gives them)."""
+        self._links.pop(rel, None)
+        path = os.path.join(self.root, rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise UnsafeArchive(f"{self.what} has both a folder and a file at {shown(rel)}; refusing to extract")
+        if os.path.lexists(path):
+            os.unlink(path)
 
     def add_hardlink(self, rel: str, target: str) -> None:
-        self._hardlinks.append((rel, safe_relpath(target, self.what)))
+        """A hard link binds to its target as the archive holds it at this point (a later rewrite of
+        the target does not change it); a link to a symlink is made once the symlinks exist."""
+        target = safe_relpath(target, self.what)
+        if target in self._links:
+            self._hardlinks.append((rel, target))
+            return
+        src = os.path.join(self.root, target)
+        if not os.path.isfile(src) or os.path.islink(src):
+            raise UnsafeArchive(f"{self.what} hard link {shown(rel)} -> {shown(target)} has no file to link to")
+        self.claim(rel)
+        os.link(src, self._parent_ready(rel))
 
     def finish(self) -> None:
         """Create the deferred links, then give folders their modes (last, in case one is read-only)."""
-        for rel, target in self._hardlinks:
-            src = os.path.join(self.root, target)
-            if not os.path.isfile(src) or os.path.islink(src):
-                raise UnsafeArchive(f"{self.what} hard link {rel!r} -> {target!r} has no file to link to")
+        for rel, target in self._links.items():
             dst = self._parent_ready(rel)
-            if os.path.lexists(dst):
-                os.unlink(dst)
-            os.link(src, dst)
-        for rel, target in self._links:
-            dst = self._parent_ready(rel)
+            if os.path.isdir(dst) and not os.path.islink(dst):
+                raise UnsafeArchive(f"{self.what} has both a folder and a symlink at {shown(rel)}; refusing to extract")
             if os.path.lexists(dst):
                 os.unlink(dst)
             os.symlink(target, dst)
+        for rel, target in self._hardlinks:
+            dst = self._parent_ready(rel)
+            if os.path.lexists(dst):
+                os.unlink(dst)
+            os.link(os.path.join(self.root, target), dst, follow_symlinks=False)
         for rel, mode in sorted(self._dirs.items(), reverse=True):
             os.chmod(os.path.join(self.root, rel), mode | stat.S_IRWXU)
 
@@ -354,55 +375,145 @@ class _FrameWatch:
                 self._state = "magic"
 
 
+_SKIPPED_TYPES = (b"V", b"A", b"M", b"N")  # volume label, Solaris ACL, multi-volume and old GNU names: metadata
+_REFUSED_TYPES = (tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE)
+
+
 def _extract_members(tf: tarfile.TarFile, ex: Extractor, on_bytes: Callable[[int], None] | None) -> int:
+    """Every member in archive order: a later entry at a path replaces an earlier one, as GNU tar does."""
     files = 0
     for member in tf:
         rel = safe_relpath(member.name, ex.what)
-        if member.isdir():
-            ex.add_dir(rel, member.mode)
-        elif member.isreg():
-            if not rel:
-                raise UnsafeArchive(f"{ex.what} has a file entry with an empty name")
-            fileobj = tf.extractfile(member)
-            assert fileobj is not None
-            mtime = int(member.mtime * 1e9)
-            ex.write_file(rel, fileobj, member.size, member.mode, mtime, on_bytes=on_bytes)
-            files += 1
-        elif member.issym():
-            ex.add_symlink(rel, member.linkname)
-        elif member.islnk():
-            ex.add_hardlink(rel, member.linkname)
-        else:
-            raise UnsafeArchive(f"{ex.what} entry {member.name!r} is a device or special file; refusing to extract")
+        with _conflicts(ex, rel):
+            if member.isdir() or member.type == b"D":  # D: a GNU dumpdir, a folder with its listing
+                ex.add_dir(rel, member.mode)
+            elif member.issym():
+                ex.add_symlink(rel, member.linkname)
+            elif member.islnk():
+                ex.add_hardlink(rel, member.linkname)
+            elif member.type in _SKIPPED_TYPES:
+                continue
+            elif member.type in _REFUSED_TYPES:
+                raise UnsafeArchive(f"{ex.what} entry {shown(member.name)} is a device or fifo; refusing to extract")
+            else:  # regular files, and unknown types, which GNU tar extracts as regular files
+                if not rel:
+                    raise UnsafeArchive(f"{ex.what} has a file entry with an empty name")
+                fileobj = tf.extractfile(member)
+                assert fileobj is not None
+                ex.claim(rel)
+                ex.write_file(rel, fileobj, member.size, member.mode, int(member.mtime * 1e9), on_bytes=on_bytes)
+                files += 1
     return files
+
+
+class _conflicts:
+    """An entry that meets a file where a folder must be (or the reverse) is refused in one line."""
+
+    def __init__(self, ex: Extractor, rel: str) -> None:
+        self.ex, self.rel = ex, rel
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise UnsafeArchive(
+                f"{self.ex.what} has both a file and a folder at {shown(self.rel)} (or above it); refusing to extract"
+            ) from exc
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+            raise UnsupportedArchive(
+                f"{self.ex.what} entry {shown(self.rel)} has a name too long for this file system"
+            ) from exc
+        return False
+
+
+def shown(name: str, limit: int = 120) -> str:
+    """A name as messages show it: quoted, and cut short (a 1 MiB name must not flood the output)."""
+    return repr(name) if len(name) <= limit else repr(name[:limit]) + f"... ({len(name):,} characters)"
 
 
 def extract_zip(path: Path, ex: Extractor, on_bytes: Callable[[int], None] | None = None) -> int:
-    """Extract a zip file into ``ex``; symlinks stored by Unix zip tools are honoured safely."""
+    """Extract a zip file into ``ex`` in archive order; symlinks stored by Unix zip tools are honoured
+    safely.  An entry Python's zipfile cannot read (encrypted, deflate64, a bad CRC) is refused in one
+    line that names it."""
     files = 0
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise UnsafeArchive(f"{ex.what} is not a readable zip file ({exc})") from exc
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        raise UnsupportedArchive(f"{ex.what} is not a readable zip file ({exc})") from exc
     with zf:
-        total = sum(i.file_size for i in zf.infolist())
-        ex.check_space(total)
+        ex.check_space(sum(i.file_size for i in zf.infolist()))
         for info in zf.infolist():
-            rel = safe_relpath(info.filename, ex.what)
-            unix_mode = info.external_attr >> 16
+            name = _zip_name(info)
+            rel = safe_relpath(name, ex.what)
+            unix_mode = info.external_attr >> 16 if info.create_system == 3 else 0
             kind = stat.S_IFMT(unix_mode)
-            if info.is_dir():
-                ex.add_dir(rel, stat.S_IMODE(unix_mode) or 0o755)
-            elif kind == stat.S_IFLNK:
-                ex.add_symlink(rel, zf.read(info).decode("utf-8", "surrogateescape"))
-            elif kind not in (0, stat.S_IFREG):
-                raise UnsafeArchive(f"{ex.what} entry {info.filename!r} is a device or special file")
-            else:
-                mtime = calendar.timegm(info.date_time + (0, 0, -1)) * 10**9
-                with zf.open(info) as fileobj:
-                    ex.write_file(
-                        rel, fileobj, info.file_size, stat.S_IMODE(unix_mode) or 0o644, mtime, on_bytes=on_bytes
-                    )
-                files += 1
+            with _conflicts(ex, rel), _unreadable(ex, name):
+                if info.is_dir() or name.endswith("/") or (info.create_system == 0 and info.external_attr & 0x10):
+                    ex.add_dir(rel, stat.S_IMODE(unix_mode) or 0o755)
+                elif kind == stat.S_IFLNK:
+                    ex.add_symlink(rel, zf.read(info).decode("utf-8", "surrogateescape"))
+                elif kind not in (0, stat.S_IFREG):
+                    raise UnsafeArchive(f"{ex.what} entry {shown(name)} is a device or fifo; refusing to extract")
+                else:
+                    ex.claim(rel)
+                    with zf.open(info) as fileobj:
+                        mode = stat.S_IMODE(unix_mode) or 0o644
+                        ex.write_file(rel, fileobj, info.file_size, mode, _zip_mtime(info), on_bytes=on_bytes)
+                    files += 1
     ex.finish()
     return files
+
+
+def _zip_name(info: zipfile.ZipInfo) -> str:
+    """The entry's name as its maker meant it: UTF-8 without the flag that says so (macOS's zip),
+    and ``\\`` as the separator in a zip made on MS-DOS or Windows (as unzip reads them)."""
+    name = info.filename
+    if not info.flag_bits & 0x800:
+        try:
+            name = name.encode("cp437").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass
+    if info.create_system == 0:
+        name = name.replace("\\", "/")
+    return name
+
+
+def _zip_mtime(info: zipfile.ZipInfo) -> int:
+    """Modification time (ns): the UT extra field's Unix time where there is one (the MS-DOS time
+    is the maker's local time), else the MS-DOS time read as UTC; a date of 0 is 1980-01-01."""
+    extra = info.extra
+    while len(extra) >= 4:
+        kind, size = int.from_bytes(extra[:2], "little"), int.from_bytes(extra[2:4], "little")
+        body = extra[4 : 4 + size]
+        if kind == 0x5455 and len(body) >= 5 and body[0] & 1:
+            return int.from_bytes(body[1:5], "little", signed=True) * 10**9
+        extra = extra[4 + size :]
+    year, month, day, hour, minute, second = info.date_time
+    return calendar.timegm((year, max(month, 1), max(day, 1), hour, minute, second, 0, 0, -1)) * 10**9
+
+
+class _unreadable:
+    """What zipfile cannot read, said in one line that names the entry."""
+
+    def __init__(self, ex: Extractor, name: str) -> None:
+        self.ex, self.name = ex, name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or isinstance(exc, ColabMagicsError):
+            return False
+        entry = f"{self.ex.what} entry {shown(self.name)}"
+        if isinstance(exc, RuntimeError) and "encrypted" in str(exc):
+            raise UnsupportedArchive(f"{entry} is encrypted; stage a zip made without a password") from exc
+        if isinstance(exc, NotImplementedError):
+            raise UnsupportedArchive(
+                f"{entry} uses a compression Python cannot read ({exc}); re-zip it with deflate"
+            ) from exc
+        if isinstance(exc, (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, ValueError)):
+            raise VerificationError(f"{entry} is damaged ({exc}); the zip on the remote is broken") from exc
+        return False
