@@ -161,6 +161,46 @@ class Extractor:
             os.close(fd)
         return digest.hexdigest() if digest is not None else ""
 
+    def write_sparse(
+        self,
+        rel: str,
+        data: IO[bytes],
+        blocks: list[tuple[int, int]],
+        size: int,
+        mode: int,
+        mtime_ns: int,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        """A sparse member (GNU or PAX 0.0, 0.1, 1.0): only its data blocks are written, at their
+        offsets, and its holes stay holes, as GNU tar leaves them; the space check counts the data."""
+        self.check_space(sum(length for _, length in blocks))
+        path = self._parent_ready(rel)
+        fd = os.open(path, _WRITE_FLAGS | os.O_TRUNC, 0o600)
+        try:
+            for offset, length in blocks:
+                data.seek(offset)
+                os.lseek(fd, offset, os.SEEK_SET)
+                left = length
+                while left > 0:
+                    chunk = data.read(min(CHUNK, left))
+                    if not chunk:
+                        raise EOFError(f"{self.what} entry {shown(rel)} is truncated")
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    left -= len(chunk)
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+            os.ftruncate(fd, size)
+            os.fchmod(fd, mode & 0o777)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFull(f"the disk holding {self.root.parent} is full; free some space and stage again") from exc
+            raise
+        finally:
+            os.close(fd)
+
     def add_dir(self, rel: str, mode: int) -> None:
         self._links.pop(rel, None)  # a later folder entry replaces an earlier symlink
         if rel:
@@ -398,10 +438,19 @@ def _extract_members(tf: tarfile.TarFile, ex: Extractor, on_bytes: Callable[[int
             else:  # regular files, and unknown types, which GNU tar extracts as regular files
                 if not rel:
                     raise UnsafeArchive(f"{ex.what} has a file entry with an empty name")
+                ex.claim(rel)
+                if member.sparse is not None:
+                    # PAX 1.0 keeps the real size apart; a "size" record beside it is the data's size,
+                    # which Python's tarfile would take for the file's
+                    member.size = int(member.pax_headers.get("GNU.sparse.realsize", member.size))
                 fileobj = tf.extractfile(member)
                 assert fileobj is not None
-                ex.claim(rel)
-                ex.write_file(rel, fileobj, member.size, member.mode, int(member.mtime * 1e9), on_bytes=on_bytes)
+                mtime = int(member.mtime * 1e9)
+                if member.sparse is not None:  # its raw reader seeks over the holes, which a stream cannot
+                    raw = fileobj.raw  # type: ignore[attr-defined]
+                    ex.write_sparse(rel, raw, member.sparse, member.size, member.mode, mtime, on_bytes)
+                else:
+                    ex.write_file(rel, fileobj, member.size, member.mode, mtime, on_bytes=on_bytes)
                 files += 1
     return files
 

@@ -145,7 +145,7 @@ class _Stage:
         kind = archive_kind(self.src)
         if kind is None:
             raise BadInput(
-                f"{self.src} is a single file but not an archive (.tar, .tar.gz, .tar.zst, .zip); "
+                f"{self.src} is a single file but not an archive ({', '.join(ARCHIVES)}); "
                 "stage a folder or an archive"
             )
         return kind, {"size": info.get("Size"), "modtime": info.get("ModTime")}, None, int(info.get("Size", 0))

@@ -295,3 +295,71 @@ def test_tar_from_other_makers(name, tmp_path, monkeypatch):
         pytest.skip("GNU tar is not installed: our tree is not compared")
     assert _gnu_tar(tmp_path / "remote" / name, tmp_path / "gnu")
     assert snapshot(dest, modes=False, mtimes=False) == snapshot(tmp_path / "gnu", modes=False, mtimes=False)
+
+
+# -- sparse members: holes stay holes, the space check counts the data, PAX 1.0's real size is the size
+
+GiB = 1 << 30
+SPARSE_DATA = {4096: b"hello", GiB - 3: b"end"}  # a 1 GiB file holding 8 bytes
+
+
+def _sparse_file(path: Path) -> Path:
+    with open(path, "wb") as fh:
+        fh.truncate(GiB)
+        for offset, data in SPARSE_DATA.items():
+            fh.seek(offset)
+            fh.write(data)
+    return path
+
+
+def _pax10_with_size_record() -> bytes:
+    """PAX 1.0 sparse as some writers make it: a "size" record (the data's size) beside the real size."""
+    blocks = sorted(SPARSE_DATA.items())
+    sparse_map = f"{len(blocks)}\n" + "".join(f"{offset}\n{len(data)}\n" for offset, data in blocks)
+    head = sparse_map.encode().ljust(512, b"\0")
+    body = head + b"".join(data for _, data in blocks)
+    info = tarfile.TarInfo("GNUSparseFile.0/sp")
+    info.size, info.mtime = len(body), 1_700_000_000
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "sp",
+                        "GNU.sparse.realsize": str(GiB), "size": str(len(body))}  # fmt: skip
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(info, io.BytesIO(body))
+    return out.getvalue()
+
+
+def _sparse_archives(tmp_path: Path) -> dict[str, bytes]:
+    archives = {"pax-1.0-with-size-record.tar": _pax10_with_size_record()}
+    if GNU_TAR is None:
+        return archives
+    work = tmp_path / "sparse-src"
+    work.mkdir()
+    _sparse_file(work / "sp")
+    for form, flags in {"gnu": ["--format=gnu"], "pax-0.0": ["--format=pax", "--sparse-version=0.0"],
+                        "pax-0.1": ["--format=pax", "--sparse-version=0.1"],
+                        "pax-1.0": ["--format=pax", "--sparse-version=1.0"]}.items():  # fmt: skip
+        out = tmp_path / f"{form}.tar"
+        subprocess.run([GNU_TAR, "--sparse", *flags, "-cf", str(out), "-C", str(work), "sp"], check=True)
+        archives[f"{form}.tar"] = out.read_bytes()
+    return archives
+
+
+def test_sparse_members_stay_sparse_and_fit_a_small_disk(tmp_path, small_disk, monkeypatch):
+    """A 1 GiB sparse file (8 bytes of data) staged onto a 24 MiB disk, as GNU tar leaves it."""
+    archives = _sparse_archives(tmp_path)
+    if GNU_TAR is None:
+        print("GNU tar is not installed: only the crafted PAX 1.0 archive is tried")
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    monkeypatch.setenv("COLAB_MAGICS_REMOTE", str(remote))
+    for name, data in archives.items():
+        (remote / name).write_bytes(data)
+        dest = small_disk / name
+        cm.stage(name, dest)
+        st = os.stat(dest / "sp")
+        assert st.st_size == GiB and st.st_blocks * 512 <= 1 << 20, (name, st.st_size, st.st_blocks)
+        with open(dest / "sp", "rb") as fh:
+            for offset, expected in SPARSE_DATA.items():
+                fh.seek(offset)
+                assert fh.read(len(expected)) == expected, name
+        shutil.rmtree(dest)
