@@ -346,8 +346,9 @@ class ColabMagics(Magics):
     def drive_stage(self, line: str) -> None:
         """Copy a dataset from the remote to fast local disk: packed, verified, atomic, resumable.
 
-        A packed dataset streams and extracts while it downloads; a single archive (.tar, .tar.gz,
-        .tar.zst, .zip) or a plain folder works too. Staging unchanged data again returns at once.
+        A packed dataset streams and extracts while it downloads; a single archive (.tar, compressed
+        with gzip, bzip2, xz or zstd, or .zip) or a plain folder works too. Staging unchanged data
+        again returns at once.
         """
         args: Any = self._parse(self.drive_stage, line)
         workers = self.workers if args.workers is None else args.workers
