@@ -426,9 +426,8 @@ class ColabMagics(Magics):
         )
         try:
             value = self._run_body(cell)
-        except KeyboardInterrupt:
-            self._finish(persister, failing=True, interrupted=True)
-            raise
+        except KeyboardInterrupt:  # one line that says what is safe, and no traceback
+            raise UsageError(self._interrupted(persister)) from None
         except BaseException:
             self._finish(persister, failing=True)
             raise  # unchanged
@@ -454,7 +453,23 @@ class ColabMagics(Magics):
             _run_coroutine(outcome)
         return shell.user_ns.pop(_LAST_VALUE, None)
 
-    def _finish(self, persister: Persister, failing: bool, interrupted: bool = False) -> None:
+    def _interrupted(self, persister: Persister) -> str:
+        """The final sync after Ctrl-C, said in the one line the cell ends with."""
+        __tracebackhide__ = True
+        self._persisters.discard(persister)
+        if persister.status().state == "stopped":  # ended by a flush of the Drive mount during the cell
+            return "interrupted; this persist had ended when the Drive mount was flushed: later changes are only here"
+        try:
+            outcome: Any = self._call(lambda: persister.stop(final=True))
+        except UsageError as exc:
+            return f"interrupted; the final sync failed: {exc}"
+        files = len(outcome.manifest.files)
+        what = "1 file" if files == 1 else f"{files:,} files"
+        changing = len(outcome.deferred)
+        left = f"; {changing} file(s) still changing kept their previous version" if changing else ""
+        return f"interrupted; final sync done: {what} on {persister.dest}{left}"
+
+    def _finish(self, persister: Persister, failing: bool) -> None:
         """The final sync; while the cell's own error propagates, a sync error is printed, not raised."""
         __tracebackhide__ = True
         self._persisters.discard(persister)
@@ -477,9 +492,4 @@ class ColabMagics(Magics):
         result = outcome.result  # type: ignore[attr-defined]
         pending = outcome.deferred  # type: ignore[attr-defined]
         note = f"; {len(pending)} file(s) still changing were left at their previous version" if pending else ""
-        if interrupted:
-            files = len(outcome.manifest.files)  # type: ignore[attr-defined]
-            what = "1 file" if files == 1 else f"{files:,} files"
-            print(f"interrupted; final sync done: {what} on {persister.dest}{note}", file=sys.stderr)
-            return
         print(f"final sync at {time.strftime('%H:%M:%S')}: {result.summary()}{note}")

@@ -34,11 +34,11 @@ def test_cell_outputs_end_flushed_and_verified(ip, tmp_path, capsys, monkeypatch
     assert not (remote / ".cm-lock.json").exists()  # released
 
 
-@pytest.mark.parametrize("error", ["ValueError('boom')", "KeyboardInterrupt()"])
+@pytest.mark.parametrize("error", ["ValueError('boom')", "SystemExit(3)"])
 def test_final_sync_happens_on_error_and_error_is_unchanged(ip, tmp_path, monkeypatch, error):
     monkeypatch.chdir(tmp_path)
     cell = f"open('outputs/partial.txt','w').write('saved')\nraise {error}"
-    with pytest.raises((ValueError, KeyboardInterrupt)) as info:
+    with pytest.raises((ValueError, SystemExit)) as info:
         ip.run_cell_magic("persist", "outputs", cell)
     assert type(info.value).__name__ == error.split("(")[0]
     assert _remote_files(tmp_path / "default-remote" / "outputs") == {"partial.txt": 5}
@@ -66,15 +66,12 @@ def test_the_body_may_await_at_its_top_level(ip, tmp_path, monkeypatch):
     assert _remote_files(tmp_path / "default-remote" / "outputs") == {"a.txt": 1}
 
 
-def test_an_interrupt_ends_with_one_line_that_says_what_is_safe(ip, tmp_path, monkeypatch, capsys):
+def test_an_interrupt_ends_with_one_line_that_says_what_is_safe(ip, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(KeyboardInterrupt):  # unchanged: IPython shows where the cell was interrupted
+    with pytest.raises(UsageError) as info:  # IPython shows a UsageError as its one line, no traceback
         ip.run_cell_magic("persist", "outputs", "open('outputs/a.txt','w').write('a')\nraise KeyboardInterrupt")
-    err = capsys.readouterr().err
-    assert (
-        err.rstrip().splitlines()[-1]
-        == f"interrupted; final sync done: 1 file on {tmp_path / 'default-remote' / 'outputs'}"
-    )
+    assert str(info.value) == f"interrupted; final sync done: 1 file on {tmp_path / 'default-remote' / 'outputs'}"
+    assert _remote_files(tmp_path / "default-remote" / "outputs") == {"a.txt": 1}
 
 
 def test_rerun_after_lost_runtime_restores(ip, tmp_path, capsys, monkeypatch):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import time
 from pathlib import Path
@@ -48,6 +49,15 @@ def _interrupt_after(km, kc, code: str, seconds: float, transferring: bool = Tru
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             break
     reply = kc.get_shell_msg(timeout=60)
+    late = time.monotonic() + 5  # output published after the idle status (seen once under load on ipykernel 6)
+    while reply["content"]["status"] == "error" and not any(m["msg_type"] == "error" for m in out) and \
+            time.monotonic() < late:  # fmt: skip
+        try:
+            msg = kc.get_iopub_msg(timeout=0.5)
+        except queue.Empty:
+            continue
+        if msg["parent_header"].get("msg_id") == msg_id:
+            out.append(msg)
     text = "".join(m["content"].get("text", "") for m in out if m["msg_type"] == "stream")
     return reply, text, [m["content"] for m in out if m["msg_type"] == "error"]
 
@@ -75,7 +85,7 @@ def test_ctrl_c_during_drive_stage(tmp_path, no_loss, monkeypatch):
     env = dict(kernel_env(tmp_path, remote), COLAB_MAGICS_RCLONE_FLAGS=SLOW)
     with running(work, env) as (km, kc):
         reply, text, errors = _interrupt_after(km, kc, "%drive_stage big data --force", 2.0)
-        assert reply["content"]["status"] == "error" and errors[0]["ename"] == "KeyboardInterrupt"
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt", errors
         assert "dest is unchanged" in text and "run the same stage again to resume" in text
         assert not _rclone_under(km)  # every rclone child stopped
         no_loss(snapshot(old), snapshot(work / "data"), "dest after Ctrl-C")  # dest unchanged
@@ -95,7 +105,7 @@ def test_ctrl_c_during_drive_push(tmp_path, no_loss, monkeypatch):
         saved = snapshot(v1)
         (work / "model" / "big.bin").write_bytes(os.urandom(24 << 20))
         reply, _, errors = _interrupt_after(km, kc, "%drive_push model models/model --pack --part-size 4M", 2.0)
-        assert reply["content"]["status"] == "error" and errors[0]["ename"] == "KeyboardInterrupt"
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt", errors
         assert not _rclone_under(km)
     assert not _leftovers(remote)  # no staging folder, no temporary manifest
     monkeypatch.setenv("COLAB_MAGICS_REMOTE", str(remote))
@@ -121,10 +131,9 @@ def test_ctrl_c_during_persist_cell_flushes(tmp_path, no_loss, monkeypatch):
     work.mkdir()
     with running(work, kernel_env(tmp_path, remote)) as (km, kc):
         reply, text, errors = _interrupt_after(km, kc, PERSIST_LOOP, 3.0, transferring=False)
-        assert reply["content"]["status"] == "error" and errors[0]["ename"] == "KeyboardInterrupt"
-        assert "interrupted; final sync done: " in text  # the interrupt still flushed everything
-        traceback = "\n".join(errors[0]["traceback"])
-        assert "colab_magics" not in traceback and "Could not get source" not in traceback, traceback
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "UsageError"
+        assert reply["content"]["evalue"].startswith("interrupted; final sync done: ")  # it flushed everything
+        assert not errors and "UsageError: interrupted; final sync done: " in text  # one line, no traceback
         assert not _rclone_under(km)
     assert not (remote / "outputs" / ".cm-lock.json").exists()  # released
     assert not _leftovers(remote)
