@@ -500,7 +500,8 @@ def extract_zip(path: Path, ex: Extractor, on_bytes: Callable[[int], None] | Non
             unix_mode = info.external_attr >> 16 if info.create_system == 3 else 0
             kind = stat.S_IFMT(unix_mode)
             with _conflicts(ex, rel), _unreadable(ex, name):
-                if info.is_dir() or name.endswith("/") or (info.create_system == 0 and info.external_attr & 0x10):
+                windows_folder = info.create_system in _WINDOWS_MAKERS and info.external_attr & 0x10
+                if info.is_dir() or name.endswith("/") or windows_folder:
                     ex.add_dir(rel, stat.S_IMODE(unix_mode) or 0o755)
                 elif kind == stat.S_IFLNK:
                     ex.add_symlink(rel, zf.read(info).decode("utf-8", "surrogateescape"))
@@ -525,9 +526,12 @@ def _zip_name(info: zipfile.ZipInfo) -> str:
             name = name.encode("cp437").decode("utf-8")
         except (UnicodeEncodeError, UnicodeDecodeError):
             pass
-    if info.create_system == 0:
+    if info.create_system in _WINDOWS_MAKERS:
         name = name.replace("\\", "/")
     return name
+
+
+_WINDOWS_MAKERS = (0, 6, 11, 14)  # MS-DOS (FAT), OS/2 HPFS, NTFS, VFAT: "\\" separates, and 0x10 marks a folder
 
 
 def _zip_mtime(info: zipfile.ZipInfo) -> int:
