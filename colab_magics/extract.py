@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bz2
 import calendar
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -24,7 +25,7 @@ import tarfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Any, Callable, Iterator
 
 from .errors import ColabMagicsError, UnsafeArchive, UnsupportedArchive, VerificationError
 
@@ -125,40 +126,14 @@ class Extractor:
         """Write ``size`` bytes of ``data`` to ``rel`` (at ``offset`` for a segment);
         returns the SHA-256 if ``hashed``."""
         self.check_space(size)
-        path = self._parent_ready(rel)
         digest = hashlib.sha256() if hashed else None
-        flags = _WRITE_FLAGS | (0 if offset is not None else os.O_TRUNC)
-        try:
-            fd = os.open(path, flags, 0o600)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafeArchive(f"{self.what} entry {shown(rel)} would be written through a link") from exc
-            raise
-        try:
+        with self._opened(rel, truncate=offset is None) as fd:
             if offset:
                 os.lseek(fd, offset, os.SEEK_SET)
-            left = size
-            while left > 0:
-                chunk = data.read(min(CHUNK, left))
-                if not chunk:
-                    raise EOFError(f"{self.what} entry {shown(rel)} is truncated")
-                if digest is not None:
-                    digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-                left -= len(chunk)
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
+            self._copy(fd, data, size, rel, digest, on_bytes)
             os.fchmod(fd, mode & 0o777)
             if mtime_ns is not None and offset is None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise DiskFull(f"the disk holding {self.root.parent} is full; free some space and stage again") from exc
-            raise
-        finally:
-            os.close(fd)
         return digest.hexdigest() if digest is not None else ""
 
     def write_sparse(
@@ -174,32 +149,51 @@ class Extractor:
         """A sparse member (GNU or PAX 0.0, 0.1, 1.0): only its data blocks are written, at their
         offsets, and its holes stay holes, as GNU tar leaves them; the space check counts the data."""
         self.check_space(sum(length for _, length in blocks))
-        path = self._parent_ready(rel)
-        fd = os.open(path, _WRITE_FLAGS | os.O_TRUNC, 0o600)
-        try:
+        with self._opened(rel, truncate=True) as fd:
             for offset, length in blocks:
                 data.seek(offset)
                 os.lseek(fd, offset, os.SEEK_SET)
-                left = length
-                while left > 0:
-                    chunk = data.read(min(CHUNK, left))
-                    if not chunk:
-                        raise EOFError(f"{self.what} entry {shown(rel)} is truncated")
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    left -= len(chunk)
-                    if on_bytes is not None:
-                        on_bytes(len(chunk))
+                self._copy(fd, data, length, rel, None, on_bytes)
             os.ftruncate(fd, size)
             os.fchmod(fd, mode & 0o777)
             os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+    @contextlib.contextmanager
+    def _opened(self, rel: str, truncate: bool) -> Iterator[int]:
+        """``rel`` open for writing, never through a link; a full disk is said in one line."""
+        path = self._parent_ready(rel)
+        try:
+            fd = os.open(path, _WRITE_FLAGS | (os.O_TRUNC if truncate else 0), 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeArchive(f"{self.what} entry {shown(rel)} would be written through a link") from exc
+            raise
+        try:
+            yield fd
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise DiskFull(f"the disk holding {self.root.parent} is full; free some space and stage again") from exc
             raise
         finally:
             os.close(fd)
+
+    def _copy(
+        self, fd: int, data: IO[bytes], length: int, rel: str, digest: Any, on_bytes: Callable[[int], None] | None
+    ) -> None:
+        """``length`` bytes of ``data`` to ``fd`` at its position (hashed into ``digest`` if given)."""
+        left = length
+        while left > 0:
+            chunk = data.read(min(CHUNK, left))
+            if not chunk:
+                raise EOFError(f"{self.what} entry {shown(rel)} is truncated")
+            if digest is not None:
+                digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+            left -= len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
 
     def add_dir(self, rel: str, mode: int) -> None:
         self._links.pop(rel, None)  # a later folder entry replaces an earlier symlink
@@ -455,25 +449,20 @@ def _extract_members(tf: tarfile.TarFile, ex: Extractor, on_bytes: Callable[[int
     return files
 
 
-class _conflicts:
-    """An entry that meets a file where a folder must be (or the reverse) is refused in one line."""
-
-    def __init__(self, ex: Extractor, rel: str) -> None:
-        self.ex, self.rel = ex, rel
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
-        if isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+@contextlib.contextmanager
+def _conflicts(ex: Extractor, rel: str) -> Iterator[None]:
+    """An entry that meets a file where a folder must be (or the reverse), or whose name no file
+    system takes, is refused in one line."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
             raise UnsafeArchive(
-                f"{self.ex.what} has both a file and a folder at {shown(self.rel)} (or above it); refusing to extract"
+                f"{ex.what} has both a file and a folder at {shown(rel)} (or above it); refusing to extract"
             ) from exc
-        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
-            raise UnsupportedArchive(
-                f"{self.ex.what} entry {shown(self.rel)} has a name too long for this file system"
-            ) from exc
-        return False
+        if exc.errno == errno.ENAMETOOLONG:
+            raise UnsupportedArchive(f"{ex.what} entry {shown(rel)} has a name too long for this file system") from exc
+        raise
 
 
 def shown(name: str, limit: int = 120) -> str:
@@ -548,25 +537,21 @@ def _zip_mtime(info: zipfile.ZipInfo) -> int:
     return calendar.timegm((year, max(month, 1), max(day, 1), hour, minute, second, 0, 0, -1)) * 10**9
 
 
-class _unreadable:
+@contextlib.contextmanager
+def _unreadable(ex: Extractor, name: str) -> Iterator[None]:
     """What zipfile cannot read, said in one line that names the entry."""
-
-    def __init__(self, ex: Extractor, name: str) -> None:
-        self.ex, self.name = ex, name
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
-        if exc is None or isinstance(exc, ColabMagicsError):
-            return False
-        entry = f"{self.ex.what} entry {shown(self.name)}"
-        if isinstance(exc, RuntimeError) and "encrypted" in str(exc):
+    entry = f"{ex.what} entry {shown(name)}"
+    try:
+        yield
+    except ColabMagicsError:
+        raise
+    except NotImplementedError as exc:  # a RuntimeError too: first
+        raise UnsupportedArchive(
+            f"{entry} uses a compression Python cannot read ({exc}); re-zip it with deflate"
+        ) from exc
+    except RuntimeError as exc:
+        if "encrypted" in str(exc):
             raise UnsupportedArchive(f"{entry} is encrypted; stage a zip made without a password") from exc
-        if isinstance(exc, NotImplementedError):
-            raise UnsupportedArchive(
-                f"{entry} uses a compression Python cannot read ({exc}); re-zip it with deflate"
-            ) from exc
-        if isinstance(exc, (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, ValueError)):
-            raise VerificationError(f"{entry} is damaged ({exc}); the zip on the remote is broken") from exc
-        return False
+        raise
+    except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
+        raise VerificationError(f"{entry} is damaged ({exc}); the zip on the remote is broken") from exc

@@ -28,10 +28,11 @@ from colab_magics.errors import ColabMagicsError, UnsafeArchive, VerificationErr
 GNU_TAR = shutil.which("tar")
 
 
-def _tar(entries: list[tuple[str, str, object]], eof: bool = True) -> bytes:
-    """A tar made by Python's tarfile; ``eof=False`` leaves out the end-of-archive blocks."""
+def _tar(entries: list[tuple[str, str, object]], eof: bool = True, form: int = tarfile.PAX_FORMAT) -> bytes:
+    """A tar made by Python's tarfile (entries: file, dir, sym or link); ``eof=False`` leaves out the
+    end-of-archive blocks."""
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
+    with tarfile.open(fileobj=out, mode="w", format=form) as tf:
         for kind, path, arg in entries:
             info = tarfile.TarInfo(path)
             info.mtime = 1_700_000_000
@@ -42,7 +43,8 @@ def _tar(entries: list[tuple[str, str, object]], eof: bool = True) -> bytes:
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
                 tf.addfile(info)
             else:
-                info.type, info.linkname = tarfile.SYMTYPE, str(arg)
+                info.type = tarfile.LNKTYPE if kind == "link" else tarfile.SYMTYPE
+                info.linkname = str(arg)
                 tf.addfile(info)
         members_end = out.tell()
     data = out.getvalue()
@@ -171,24 +173,6 @@ def _ut_extra(mtime: int) -> bytes:
     return (0x5455).to_bytes(2, "little") + (5).to_bytes(2, "little") + b"\x01" + mtime.to_bytes(4, "little")
 
 
-def _hardlink_tar() -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        entries = [("file", "t", b"version 1"), ("link", "h", "t"), ("file", "t", b"version 2!"), ("sym", "s", "t"),
-                   ("link", "hs", "s"), ("sym", "x", "t"), ("file", "x", b"file wins")]  # fmt: skip
-        for kind, name, arg in entries:
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_700_000_000
-            if kind == "file":
-                info.size = len(arg)  # type: ignore[arg-type]
-                tf.addfile(info, io.BytesIO(arg))  # type: ignore[arg-type]
-            else:
-                info.type = tarfile.LNKTYPE if kind == "link" else tarfile.SYMTYPE
-                info.linkname = str(arg)
-                tf.addfile(info)
-    return out.getvalue()
-
-
 def _gnu_types_tar() -> bytes:
     """A GNU dumpdir (D) and a volume label (V) beside a file: GNU tar extracts the folder and the file."""
     out = io.BytesIO()
@@ -219,7 +203,9 @@ ZIPS = {
 UNREADABLE = {"encrypted.zip": "is encrypted", "deflate64.zip": "uses a compression Python cannot read",
               "bad-crc.zip": "is damaged", "names-differ.zip": "is damaged"}  # fmt: skip
 TARS = {
-    "hardlinks-and-order.tar": _hardlink_tar(),
+    "hardlinks-and-order.tar": _tar([("file", "t", b"version 1"), ("link", "h", "t"), ("file", "t", b"version 2!"),
+                                     ("sym", "s", "t"), ("link", "hs", "s"), ("sym", "x", "t"),
+                                     ("file", "x", b"file wins")], form=tarfile.GNU_FORMAT),  # fmt: skip
     "gnu-dumpdir-and-label.tar": _gnu_types_tar(),
     "file-then-folder.tar": _tar([("file", "a", b"x"), ("dir", "a", None)]),
     "file-then-child.tar": _tar([("file", "a", b"x"), ("file", "a/b", b"y")]),
