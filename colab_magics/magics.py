@@ -27,7 +27,7 @@ from . import deadline, host, remotes, runner
 from .deadline import DeadlineWatch
 from .errors import ColabMagicsError
 from .events import Event, bus
-from .flush import flush
+from .flush import FlushReport, flush
 from .manifest import DEFAULT_PART_SIZE
 from .panel import render_html, render_text
 from .persist import MIN_EVERY, Persister
@@ -115,6 +115,14 @@ class ColabMagics(Magics):
             print(f"colab_magics: WARNING: no runtime deadline: {exc}", file=sys.stderr)
             return None
 
+    def _flush(self) -> FlushReport:
+        """Every running persist syncs, then Drive's flush; the persists it ended are let go of."""
+        running = list(self._persisters)
+        try:
+            return flush(running)
+        finally:
+            self._persisters.difference_update(p for p in running if p.status().state == "stopped")
+
     def _before_the_end(self) -> None:
         """The margin before the runtime's estimated end: every persist syncs now, and what is on the
         Drive mount is flushed (which ends the persists to the mount).  Runs on the watch's thread;
@@ -125,15 +133,13 @@ class ColabMagics(Magics):
         )
         try:
             if on_mount and host.drive_mounted():
-                flush(running)
+                self._flush()
             else:
                 futures.wait([persister.trigger() for persister in running])
         except ColabMagicsError:
             pass  # published by the sync or the flush that failed
         except Exception as exc:  # never a thread traceback in the notebook
             bus.publish(Event(0, deadline.DEADLINE_JOB, "up", "failed", message=str(exc) or type(exc).__name__))
-        finally:
-            self._persisters.difference_update(p for p in running if p.status().state == "stopped")
 
     # -- shared plumbing --------------------------------------------------------------------
     def _root(self) -> str | None:
@@ -232,15 +238,11 @@ class ColabMagics(Magics):
             return "background syncs paused" if paused else "background syncs resumed"
 
         def flush_drive(_: str) -> str:
-            running = list(self._persisters)
-
             def work() -> None:
                 try:
-                    flush(running)
+                    self._flush()
                 except ColabMagicsError:
                     pass  # on the board, which the page shows
-                finally:
-                    self._persisters.difference_update(p for p in running if p.status().state == "stopped")
 
             threading.Thread(target=work, name="colab_magics-flush", daemon=True).start()
             return "flushing the Drive mount: the status says when it is done"
@@ -317,15 +319,7 @@ class ColabMagics(Magics):
         uploaded and Drive unmounted (the only flush Colab has). Persists to the mount end here; mount
         Drive again to go on."""
         args: Any = self._parse(self.drive_flush, line)
-        running = list(self._persisters)
-
-        def work() -> object:
-            try:
-                return flush(running)
-            finally:
-                self._persisters.difference_update(p for p in running if p.status().state == "stopped")
-
-        report: Any = self._call(work)  # the board has the flush now
+        report: Any = self._call(self._flush)  # the board has the flush now
         overall = self.board.overall()
         if not overall.safe_to_disconnect:
             why = "; not ending the runtime" if args.disconnect else ""

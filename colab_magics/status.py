@@ -88,8 +88,7 @@ class StatusBoard:
             row = self._rows.get(key) or Row(key, event.name, event.direction, state, Progress(), event.target)
             self._rows[key] = change(replace(row, name=event.name, where=event.where or row.where))
             listeners = list(self._listeners)
-        for listener in listeners:
-            listener()
+        _tell(listeners)
 
     def dismiss(self, key: str) -> bool:
         """Remove a failed row (the person has seen it); True if there was one."""
@@ -99,8 +98,7 @@ class StatusBoard:
                 return False
             del self._rows[key]
             listeners = list(self._listeners)
-        for listener in listeners:
-            listener()
+        _tell(listeners)
         return True
 
     def _flushed(self, flush: str, at: float) -> None:
@@ -113,8 +111,7 @@ class StatusBoard:
             self._rows[flush] = Row(flush, flush, "up", DONE, Progress(), last_success=at, summary=FLUSHED,
                                     where=Where.REMOTE.value)  # fmt: skip
             listeners = list(self._listeners)
-        for listener in listeners:
-            listener()
+        _tell(listeners)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         with self._lock:
@@ -156,6 +153,12 @@ class StatusBoard:
         self._unsubscribe()
         with self._lock:
             self._listeners.clear()
+
+
+def _tell(listeners: list[Callable[[], None]]) -> None:
+    """Call the listeners taken under the lock, outside it (they render, which takes time)."""
+    for listener in listeners:
+        listener()
 
 
 def _apply(row: Row, event: Event) -> Row:
