@@ -77,11 +77,11 @@ sys.path.insert(0, str(REPO / "tests"))
 import psutil  # noqa: E402
 import results  # noqa: E402
 
-from colab_magics import runner  # noqa: E402
-from colab_magics.binary import find_rclone  # noqa: E402
 from colab_magics.events import bus  # noqa: E402
-from colab_magics.packsync import PackedSync  # noqa: E402
+from colab_magics.packed.upload import PackedSync  # noqa: E402
 from colab_magics.persist import Persister  # noqa: E402
+from colab_magics.rclone import process as runner  # noqa: E402
+from colab_magics.rclone.binary import find_rclone  # noqa: E402
 
 MiB = 2**20
 MB = 10**6

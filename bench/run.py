@@ -63,8 +63,8 @@ import results  # noqa: E402
 from servers import Server  # noqa: E402
 
 import colab_magics  # noqa: E402
-from colab_magics import remotes  # noqa: E402
-from colab_magics.binary import find_rclone  # noqa: E402
+from colab_magics.rclone import remotes  # noqa: E402
+from colab_magics.rclone.binary import find_rclone  # noqa: E402
 
 FILE_SIZE = 20 * 1024
 FOLDERS = 4

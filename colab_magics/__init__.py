@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from .errors import ColabMagicsError
 from .events import Event, EventBus, Progress, bus
+from .jobs import Result
 from .push import push
 from .stage import stage
-from .transfer import Result
 
 __all__ = ["ColabMagicsError", "Event", "EventBus", "Progress", "Result", "bus", "push", "stage"]
 __version__ = "0.1.0"
@@ -20,7 +20,7 @@ _loaded: dict[int, object] = {}
 
 def load_ipython_extension(ip: object) -> None:
     """``%load_ext colab_magics``: one stateful magics instance per shell."""
-    from .magics import ColabMagics  # IPython is imported only here, never by the engine
+    from .notebook.magics import ColabMagics  # IPython is imported only here, never by the engine
 
     if id(ip) in _loaded:
         return

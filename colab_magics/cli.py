@@ -16,11 +16,11 @@ from . import __version__
 from .errors import ColabMagicsError
 from .events import bus
 from .flush import flush
-from .manifest import DEFAULT_PART_SIZE
+from .notebook.text import ProgressPrinter
+from .packed.manifest import DEFAULT_PART_SIZE
 from .persist import MIN_EVERY, Persister
 from .push import push
 from .stage import RESUME_HINT, stage
-from .text import ProgressPrinter
 from .units import parse_duration, parse_size
 
 

@@ -12,11 +12,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from . import host
+from .destination.safety import FLUSHED, Where
 from .errors import ColabMagicsError
 from .events import Event, EventBus, bus
+from .host import colab as host
 from .persist import Persister
-from .safety import FLUSHED, Where
 
 FLUSH_JOB = "Drive mount"  # the name the board's flush fact goes by
 

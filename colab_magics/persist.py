@@ -5,7 +5,7 @@ sleep) to sync every ``every`` seconds, on :meth:`trigger`, and to refresh a loc
 remote that stops a second writer.  The lock's expiry is judged by wall clocks, which can
 be wrong or jump; so every commit also checks that the lock is still ours, and a kernel
 that was taken over stops syncing instead of overwriting the newer writer's manifest.
-Each sync is an incremental packed upload (:mod:`.packsync`) with copy semantics by
+Each sync is an incremental packed upload (:mod:`.packed.upload`) with copy semantics by
 default, and tolerant of files still being written: those keep their previous remote
 version and go up at the next sync.  The remote
 therefore always holds a complete, verified version; a killed kernel loses at most one
@@ -15,101 +15,31 @@ interval.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
-import socket
 import threading
 import time
-import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from . import localtree, remotes
-from .errors import ColabMagicsError, LockHeld, LockLost, VerificationError
+from .destination.safety import Where, where
+from .errors import ColabMagicsError, LockLost
 from .events import Event, EventBus, Job, Progress, bus
-from .host import require_drive_mounted
-from .manifest import DEFAULT_PART_SIZE, MANIFEST_NAME, FileEntry, Manifest
-from .packsync import LOCK_NAME, PackedSync, SyncOptions, SyncOutcome
+from .host.colab import require_drive_mounted
+from .jobs import Context, Result, read_json, state_dir, write_json
+from .local import tree as localtree
+from .lock import LOCK_TTL, Clock, RemoteLock
+from .packed.manifest import DEFAULT_PART_SIZE, MANIFEST_NAME, FileEntry, Manifest
+from .packed.upload import PackedSync, SyncOptions, SyncOutcome
 from .push import default_remote_dest
-from .runner import Rclone
-from .safety import Where, where
+from .rclone import remotes
+from .rclone.process import Rclone
 from .stage import stage
-from .transfer import Context, Result, quietly, read_json, state_dir, write_json
 
 DEFAULT_EVERY = 300.0
 MIN_EVERY = 1.0  # what the magics accept: every sync costs requests against the remote's quota
-LOCK_TTL = 90.0  # a killed kernel's lock blocks a new writer for at most this long
 PENDING_EVERY = 5.0  # seconds between two looks for changes not synced yet (longer for huge folders)
-
-Clock = Callable[[], float]  # wall-clock seconds; injected by tests so that expiry needs no sleeping
-
-
-class RemoteLock:
-    """One writer per destination: ``.cm-lock.json`` with an owner and an expiry, refreshed."""
-
-    def __init__(self, rclone: Rclone, dest: str, ttl: float = LOCK_TTL, clock: Clock = time.time) -> None:
-        self.rclone = rclone
-        self.path = remotes.join(dest, LOCK_NAME)
-        self.ttl = ttl
-        self.clock = clock
-        self.host = socket.gethostname()
-        self.owner = f"{self.host} pid {os.getpid()} ({uuid.uuid4().hex[:8]})"
-
-    def _read(self, ctx: Context) -> dict:
-        raw = ctx.read_optional(self.path)
-        try:
-            data = json.loads(raw) if raw else {}
-        except ValueError:
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def _write(self, ctx: Context) -> None:
-        """Write the lock, proven: a refresh the server silently dropped would let the lock expire."""
-        data = {
-            "owner": self.owner, "host": self.host, "pid": os.getpid(), "started": _started(os.getpid()),
-            "expires": self.clock() + self.ttl,
-        }  # fmt: skip
-        ctx.replace(self.path, json.dumps(data).encode())
-
-    def acquire(self, ctx: Context, steal: bool = False) -> None:
-        """Take the lock unless another live writer holds it.  On this machine liveness is known
-        exactly (the process and its start time); across machines the expiry decides."""
-        held = self._read(ctx)
-        left = float(held.get("expires", 0)) - self.clock()
-        alive = _alive_here(held)
-        if held.get("owner") not in (None, self.owner) and not steal and (alive or (alive is None and left > 0)):
-            until = "while it runs on this machine" if alive else f"lock expires in {int(left) + 1}s"
-            raise LockHeld(
-                f"{self.path.rsplit('/', 1)[0]} is being persisted by {held['owner']} ({until}); "
-                "stop that persist first, wait, or take over with --steal-lock"
-            )
-        try:
-            self._write(ctx)
-        except VerificationError:
-            if self._read(ctx).get("owner") not in (None, self.owner):
-                raise LockHeld(f"another kernel took the lock on {self.path} at the same moment; try again") from None
-            raise
-
-    def check(self, ctx: Context) -> None:
-        """Raise :class:`LockLost` when another kernel holds the lock now."""
-        owner = self._read(ctx).get("owner")
-        if owner not in (None, self.owner):
-            raise LockLost(
-                f"{self.path.rsplit('/', 1)[0]} was taken over by {owner}; this kernel stopped syncing to it "
-                "so as not to overwrite that kernel's work (local files are untouched)"
-            )
-
-    def refresh(self, ctx: Context) -> None:
-        self.check(ctx)
-        self._write(ctx)
-
-    def release(self, ctx: Context) -> None:
-        if self._read(ctx).get("owner") == self.owner:
-            quietly(self.rclone, "deletefile", self.path)
-
 
 @dataclass
 class PersistStatus:
@@ -374,32 +304,6 @@ class Persister:
         if replaced is not None:  # after a restore: keep the earlier record of files left alone
             files = {**self._journal(), **{p: files[p] for p in replaced}}
         write_json(self._journal_path, {"local": self.local, "dest": self.dest, "files": files})
-
-
-def _started(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot: with the pid, it names one process
-    for good (a pid can be reused; the pair cannot)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _alive_here(lock: dict) -> bool | None:
-    """Is the lock's owner a live process on this machine?  None when that cannot tell: another
-    machine, or this very process (a persist here that was never stopped still lets its lock expire)."""
-    pid = lock.get("pid")
-    if lock.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    started = lock.get("started")
-    return started is None or _started(pid) in (None, started)
 
 
 def _stale(path: str, remote: FileEntry, synced: list[int] | None) -> bool:

@@ -15,16 +15,11 @@ import re
 import tempfile
 import threading
 
-from . import localtree, remotes
+from .destination.safety import where
+from .destination.space import check_room
 from .errors import BadInput, RemoteNotFound, SourceChanged, VerificationError
 from .events import EventBus
-from .localtree import FileStat
-from .manifest import DEFAULT_PART_SIZE
-from .packsync import PackedSync, SyncOptions
-from .runner import Rclone
-from .safety import where
-from .space import check_room
-from .transfer import (
+from .jobs import (
     Context,
     Result,
     abort_stale_uploads,
@@ -37,6 +32,12 @@ from .transfer import (
     verify_upload,
     write_json,
 )
+from .local import tree as localtree
+from .local.tree import FileStat
+from .packed.manifest import DEFAULT_PART_SIZE
+from .packed.upload import PackedSync, SyncOptions
+from .rclone import remotes
+from .rclone.process import Rclone
 
 
 def default_remote_dest(source: str, root: str | None = None) -> str:

@@ -20,15 +20,16 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import IO
 
-from . import localtree, remotes
 from .errors import BadInput, RemoteNotFound, UnsafeArchive, VerificationError
 from .events import EventBus
-from .extract import Extractor, check_links_resolve_inside, check_symlink, extract_tar, extract_zip, safe_relpath
-from .manifest import MANIFEST_NAME, FileEntry, Manifest, Segment
-from .runner import Rclone
-from .swap import replace_tree
-from .tarstream import TarStream
-from .transfer import Context, HashingReader, Result, read_json, run_job, short_id, state_dir, write_json
+from .jobs import Context, HashingReader, Result, read_json, run_job, short_id, state_dir, write_json
+from .local import tree as localtree
+from .local.archives import Extractor, check_links_resolve_inside, check_symlink, extract_tar, extract_zip, safe_relpath
+from .local.swap import replace_tree
+from .packed.manifest import MANIFEST_NAME, FileEntry, Manifest, Segment
+from .packed.tar_reader import TarStream
+from .rclone import remotes
+from .rclone.process import Rclone
 
 ARCHIVES = {
     ".tar": "tar", ".tar.gz": "tar", ".tgz": "tar", ".tar.bz2": "tar", ".tbz2": "tar",

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from colab_magics.binary import find_rclone
+from colab_magics.rclone.binary import find_rclone
 
 KEY, SECRET = "cmtestkey", "cmtestsecret"
 

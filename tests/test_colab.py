@@ -136,9 +136,9 @@ def test_a_failed_flush_says_so_in_one_line_and_stays_not_safe(colab, ip, tmp_pa
 
 
 def test_flush_ends_persists_to_the_mount_syncs_the_others_and_nothing_writes_into_the_empty_mount(colab, tmp_path):
-    from colab_magics import host
     from colab_magics.errors import BadInput
     from colab_magics.flush import flush
+    from colab_magics.host import colab as host
     from colab_magics.persist import Persister
 
     host.mount_drive()
@@ -170,7 +170,7 @@ def test_flush_off_colab_says_there_is_nothing_to_flush(ip, monkeypatch):
 
 
 def test_the_cli_flush_runs_colabs_flush(colab, tmp_path):
-    from colab_magics import host
+    from colab_magics.host import colab as host
 
     host.mount_drive()
     (Path(host.drive_root()) / "notes.txt").write_text("written through the mount")

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import colab_magics
-from colab_magics.deadline import DeadlineWatch, runtime_end
 from colab_magics.events import EventBus
-from colab_magics.status import StatusBoard
+from colab_magics.host.deadline import DeadlineWatch, runtime_end
+from colab_magics.notebook.status import StatusBoard
 
 
 class _Clock:

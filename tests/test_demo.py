@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from colab_magics.panel import PANEL_TEXT
+from colab_magics.notebook.panel import PANEL_TEXT
 
 DEMO = Path(__file__).resolve().parent.parent / "demo.ipynb"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"

@@ -18,7 +18,7 @@ pytest.importorskip("ipywidgets")
 
 from kernels import kernel_env, running  # noqa: E402
 
-from colab_magics.panel import PANEL_TEXT, WAITS_FOR_THE_CELL  # noqa: E402
+from colab_magics.notebook.panel import PANEL_TEXT, WAITS_FOR_THE_CELL  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 

@@ -7,7 +7,7 @@ import json
 import random
 from dataclasses import asdict
 
-from colab_magics.manifest import FORMAT, VERSION, DirEntry, FileEntry, LinkEntry, Manifest, PartEntry, Segment
+from colab_magics.packed.manifest import FORMAT, VERSION, DirEntry, FileEntry, LinkEntry, Manifest, PartEntry, Segment
 
 NAMES = ["a", "ünïcødé ✓ 数据.txt", "quote's \"double\"", "new\nline", "tab\there", "latin1-\udce9t\udce9",
          "back\\slash", "\x01control", "emoji 😀", "\u2028separator"]  # fmt: skip

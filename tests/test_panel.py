@@ -12,9 +12,9 @@ from trees import make_tree
 import colab_magics as cm
 from colab_magics import errors
 from colab_magics.events import EventBus, Job
-from colab_magics.panel import Panel, render_text
+from colab_magics.notebook.panel import Panel, render_text
+from colab_magics.notebook.status import StatusBoard
 from colab_magics.persist import Persister
-from colab_magics.status import StatusBoard
 
 widgets = pytest.importorskip("ipywidgets")
 

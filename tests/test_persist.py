@@ -13,7 +13,7 @@ from trees import snapshot
 
 import colab_magics as cm
 from colab_magics import errors
-from colab_magics.manifest import Manifest
+from colab_magics.packed.manifest import Manifest
 from colab_magics.persist import Persister
 
 

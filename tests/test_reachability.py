@@ -6,7 +6,7 @@ import pytest
 
 from colab_magics.errors import RemoteUnreachable
 from colab_magics.events import plausible_eta
-from colab_magics.runner import Reachability, _remote_in
+from colab_magics.rclone.process import Reachability, _remote_in
 
 
 class Clock:

@@ -12,8 +12,8 @@ import zstandard
 from trees import make_tree, plant_leftovers, rewrite_same_size, snapshot
 
 import colab_magics as cm
-from colab_magics import remotes
-from colab_magics.manifest import Manifest
+from colab_magics.packed.manifest import Manifest
+from colab_magics.rclone import remotes
 
 PART = 64 * 1024
 

@@ -12,10 +12,11 @@ import pytest
 from trees import make_tree
 
 import colab_magics as cm
-from colab_magics import errors, runner
-from colab_magics.binary import find_rclone
+from colab_magics import errors
 from colab_magics.events import Event, EventBus, Progress
-from colab_magics.manifest import Manifest
+from colab_magics.packed.manifest import Manifest
+from colab_magics.rclone import process as runner
+from colab_magics.rclone.binary import find_rclone
 
 
 def _rclone_children() -> list[str]:

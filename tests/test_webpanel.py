@@ -9,9 +9,9 @@ import urllib.request
 import pytest
 
 from colab_magics.events import EventBus, Job
-from colab_magics.panel import render_html
-from colab_magics.status import StatusBoard
-from colab_magics.webpanel import WebPanel
+from colab_magics.notebook.panel import render_html
+from colab_magics.notebook.status import StatusBoard
+from colab_magics.notebook.webpanel import WebPanel
 
 
 @pytest.fixture

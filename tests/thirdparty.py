@@ -24,7 +24,7 @@ from pathlib import Path
 
 from servers import Server, free_port, wait_until_listening
 
-from colab_magics.binary import find_rclone
+from colab_magics.rclone.binary import find_rclone
 
 APACHE = "/usr/sbin/apache2"
 SSHD = "/usr/sbin/sshd"

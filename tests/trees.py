@@ -55,8 +55,8 @@ def plant_leftovers(root: str, tmp_path: Path) -> tuple[str, str]:
     ``plain`` a staging folder and a temporary file two hours old.  Returns the (old, new) name stamps."""
     import time
 
-    from colab_magics import remotes
-    from colab_magics.runner import Rclone
+    from colab_magics.rclone import remotes
+    from colab_magics.rclone.process import Rclone
 
     old, new = f"{int(time.time()) - 7200:08x}abcdef", f"{int(time.time()):08x}abcdef"
     junk = tmp_path / "junk.bin"

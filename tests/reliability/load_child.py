@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from procs import descendants
 
 import colab_magics as cm
-from colab_magics.packsync import SyncOutcome
+from colab_magics.packed.upload import SyncOutcome
 from colab_magics.persist import Persister
 
 

@@ -12,8 +12,9 @@ import pytest
 from trees import make_tree, snapshot
 
 import colab_magics as cm
-from colab_magics import errors, remotes
-from colab_magics.manifest import Manifest
+from colab_magics import errors
+from colab_magics.packed.manifest import Manifest
+from colab_magics.rclone import remotes
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ import pytest
 from trees import snapshot
 
 import colab_magics as cm
-from colab_magics import errors, runner
+from colab_magics import errors
 from colab_magics.persist import Persister
+from colab_magics.rclone import process as runner
 
 SIZE = 24 << 20
 SLOW = ["--bwlimit", "6M"]  # reading the file takes seconds: time for a change mid-read

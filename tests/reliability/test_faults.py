@@ -16,8 +16,9 @@ from servers import Server
 from trees import make_tree, snapshot
 
 import colab_magics as cm
-from colab_magics import errors, runner
+from colab_magics import errors
 from colab_magics.persist import Persister
+from colab_magics.rclone import process as runner
 
 # give up fast on a dead server instead of rclone's default minutes of retries
 FAST_FAIL = ["--retries", "1", "--low-level-retries", "1", "--contimeout", "2s", "--timeout", "5s"]

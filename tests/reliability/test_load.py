@@ -30,7 +30,7 @@ from servers import Server
 from trees import snapshot
 
 import colab_magics as cm
-from colab_magics.manifest import Manifest
+from colab_magics.packed.manifest import Manifest
 from colab_magics.persist import Persister
 
 pytestmark = pytest.mark.load

@@ -34,8 +34,9 @@ from servers import Server
 from trees import make_tree, snapshot
 
 import colab_magics as cm
-from colab_magics import errors, runner
+from colab_magics import errors
 from colab_magics.persist import Persister
+from colab_magics.rclone import process as runner
 
 # Where a test needs a lasting refusal to fail fast rather than after rclone's default
 # 3 whole-command retries x 10 per-request retries: one try of the command (--retries 1) and

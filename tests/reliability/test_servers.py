@@ -21,12 +21,14 @@ import pytest
 from trees import ODD_NAMES, plant_leftovers, rewrite_same_size, snapshot
 
 import colab_magics as cm
-from colab_magics import errors, remotes, runner
+from colab_magics import errors
 from colab_magics.events import Job
-from colab_magics.manifest import Manifest
+from colab_magics.jobs import Context
+from colab_magics.packed.manifest import Manifest
 from colab_magics.persist import Persister
-from colab_magics.runner import Rclone
-from colab_magics.transfer import Context
+from colab_magics.rclone import process as runner
+from colab_magics.rclone import remotes
+from colab_magics.rclone.process import Rclone
 
 
 def _checkpoints(root: Path) -> Path:

@@ -27,7 +27,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from .errors import ColabMagicsError, UnsafeArchive, UnsupportedArchive, VerificationError
+from ..errors import ColabMagicsError, UnsafeArchive, UnsupportedArchive, VerificationError
 
 CHUNK = 1 << 20
 _DISK_MARGIN = 64 << 20  # kept free (at most 5% of a small disk)

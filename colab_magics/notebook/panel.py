@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import humanize
 
-from .persist import Persister
+from ..persist import Persister
 from .status import DONE, FAILED, RUNNING, Row, StatusBoard, age
 
 ARROWS = {"down": "\u2193", "up": "\u2191"}

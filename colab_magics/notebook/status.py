@@ -15,8 +15,8 @@ from typing import Callable
 
 import humanize
 
-from .events import Event, EventBus, Progress, bus
-from .safety import FLUSHED, Where
+from ..destination.safety import FLUSHED, Where
+from ..events import Event, EventBus, Progress, bus
 
 RUNNING, DONE, FAILED, WAITING = "running", "done", "failed", "waiting"
 

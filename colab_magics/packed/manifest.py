@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .errors import ManifestError
+from ..errors import ManifestError
 
 FORMAT = "colab_magics/packed-dataset"
 VERSION = 1

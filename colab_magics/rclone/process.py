@@ -31,8 +31,7 @@ from typing import IO, Callable
 
 from rclone_python.utils import extract_rclone_progress
 
-from .binary import find_rclone
-from .errors import (
+from ..errors import (
     ColabMagicsError,
     QuotaError,
     RcloneError,
@@ -42,7 +41,8 @@ from .errors import (
     TransferCancelled,
     UnknownRemote,
 )
-from .events import Progress, plausible_eta
+from ..events import Progress, plausible_eta
+from .binary import find_rclone
 
 StatsCallback = Callable[[Progress], None]
 NoteCallback = Callable[[str], None]  # what holds a child up now ("" once it moves again)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 from enum import Enum
 
-from . import remotes
-from .host import in_drive_mount, require_drive_mounted
-from .runner import Rclone
+from ..host.colab import in_drive_mount, require_drive_mounted
+from ..rclone import remotes
+from ..rclone.process import Rclone
 
 # file systems whose writes leave this machine later (or not at all if it dies first)
 _NETWORK_FS = ("fuse", "nfs", "cifs", "smb", "9p", "ceph", "glusterfs", "lustre", "gcsfuse", "davfs", "afs")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import BadInput, FlushFailed
+from ..errors import BadInput, FlushFailed
 
 DRIVE_MOUNT = "/content/drive"  # where Colab mounts Drive by convention
 DRIVEFS_LOG = "~/.config/Google/DriveFS/Logs/drive_fs.txt"  # where DriveFS says what went wrong

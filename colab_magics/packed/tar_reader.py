@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from .errors import VerificationError
+from ..errors import VerificationError
 
 BLOCK = 512
 _ZERO = bytes(BLOCK)

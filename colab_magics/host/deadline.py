@@ -14,9 +14,9 @@ import threading
 import time
 from typing import Callable
 
-from .events import Event, EventBus, bus
-from .host import on_colab
-from .units import parse_duration
+from ..events import Event, EventBus, bus
+from ..units import parse_duration
+from .colab import on_colab
 
 COLAB_LIMIT = 12 * 3600.0  # Colab's free tier; paid runtimes may last 24 h (COLAB_MAGICS_RUNTIME_LIMIT)
 DEFAULT_MARGIN = 15 * 60.0

@@ -19,12 +19,12 @@ from typing import IO, Callable, TypeVar
 import humanize
 import platformdirs
 
-from . import remotes
+from .destination.safety import Where
 from .errors import ColabMagicsError, RemoteNotFound, TransferCancelled, VerificationError
 from .events import MEANINGFUL_BYTES, EventBus, Job, Progress
-from .remotes import remote_info
-from .runner import FAIL_FAST, Rclone, RcloneProcess
-from .safety import Where
+from .rclone import remotes
+from .rclone.process import FAIL_FAST, Rclone, RcloneProcess
+from .rclone.remotes import remote_info
 
 T = TypeVar("T")
 

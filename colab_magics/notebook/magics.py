@@ -23,20 +23,23 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Int, Unicode
 
-from . import deadline, host, remotes, runner
-from .deadline import DeadlineWatch
-from .errors import ColabMagicsError
-from .events import Event, bus
-from .flush import FlushReport, flush
-from .manifest import DEFAULT_PART_SIZE
+from ..destination.safety import Where
+from ..errors import ColabMagicsError
+from ..events import Event, bus
+from ..flush import FlushReport, flush
+from ..host import colab as host
+from ..host import deadline
+from ..host.deadline import DeadlineWatch
+from ..packed.manifest import DEFAULT_PART_SIZE
+from ..persist import MIN_EVERY, Persister
+from ..push import push
+from ..rclone import process as runner
+from ..rclone import remotes
+from ..stage import RESUME_HINT, stage
+from ..units import format_duration, parse_duration, parse_size
 from .panel import render_html, render_text
-from .persist import MIN_EVERY, Persister
-from .push import push
-from .safety import Where
-from .stage import RESUME_HINT, stage
 from .status import StatusBoard
 from .text import ProgressPrinter
-from .units import format_duration, parse_duration, parse_size
 from .webpanel import WebPanel
 
 _LAST_VALUE = "_colab_magics_last_value"  # where a %%persist body's last expression is kept a moment

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import platformdirs
 
-from .errors import BadInput, NoRemote
-from .host import drive_root, on_colab
-from .runner import Rclone
+from ..errors import BadInput, NoRemote
+from ..host.colab import drive_root, on_colab
+from .process import Rclone
 
 # Backends whose uploads appear only when complete (objects committed at the end).
 _ATOMIC_TYPES = {"s3", "drive", "google cloud storage", "gcs", "azureblob", "b2", "swift", "box"}

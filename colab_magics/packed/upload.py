@@ -23,10 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import localtree, remotes
-from .errors import BadInput, RemoteNotFound, SourceChanged, TransferCancelled, VerificationError
-from .extract import check_symlink
-from .localtree import FileStat
+from ..destination.space import check_room
+from ..errors import BadInput, RemoteNotFound, SourceChanged, TransferCancelled, VerificationError
+from ..jobs import STALE_SECONDS, Context, Result, abort_stale_uploads, age, quietly, short_id, sweep
+from ..local import tree as localtree
+from ..local.archives import check_symlink
+from ..local.tree import FileStat
+from ..lock import LOCK_NAME
+from ..rclone import remotes
+from ..rclone.process import RcloneProcess
 from .manifest import (
     DEFAULT_PART_SIZE,
     MANIFEST_NAME,
@@ -38,12 +43,8 @@ from .manifest import (
     PartEntry,
     Segment,
 )
-from .pack import Piece, plan, write_part
-from .runner import RcloneProcess
-from .space import check_room
-from .transfer import STALE_SECONDS, Context, Result, abort_stale_uploads, age, quietly, short_id, sweep
+from .tar_writer import Piece, plan, write_part
 
-LOCK_NAME = ".cm-lock.json"
 _OURS = ("parts", MANIFEST_NAME, LOCK_NAME)
 _TEMPORARY = (".cm-upload-", f"{MANIFEST_NAME}.cm-tmp-", f"{LOCK_NAME}.cm-tmp-")  # what a killed run leaves
 

@@ -8,7 +8,7 @@ from typing import TextIO
 
 import humanize
 
-from .events import Event, Progress
+from ..events import Event, Progress
 
 
 def progress_line(name: str, p: Progress) -> str:

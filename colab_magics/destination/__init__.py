@@ -1,0 +1,1 @@
+"""What a destination is: where its data really lives, and how much room it has."""

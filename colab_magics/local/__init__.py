@@ -1,0 +1,1 @@
+"""The local disk: snapshots of folders, safe archive extraction, and atomic tree swaps."""

@@ -1,0 +1,116 @@
+"""One writer per destination: a lock file on the remote with an owner and an expiry.
+
+The lock is refreshed by its persist; a killed kernel's lock blocks a new writer for at most
+:data:`LOCK_TTL`.  On this machine liveness is known exactly (a process and its start time);
+across machines only the expiry can tell, judged by wall clocks that can be wrong, which is why
+every commit of a persist also checks that the lock is still its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from typing import Callable
+
+from .errors import LockHeld, LockLost, VerificationError
+from .jobs import Context, quietly
+from .rclone import remotes
+from .rclone.process import Rclone
+
+LOCK_NAME = ".cm-lock.json"
+LOCK_TTL = 90.0  # a killed kernel's lock blocks a new writer for at most this long
+
+Clock = Callable[[], float]  # wall-clock seconds; injected by tests so that expiry needs no sleeping
+
+
+class RemoteLock:
+    """One writer per destination: ``.cm-lock.json`` with an owner and an expiry, refreshed."""
+
+    def __init__(self, rclone: Rclone, dest: str, ttl: float = LOCK_TTL, clock: Clock = time.time) -> None:
+        self.rclone = rclone
+        self.path = remotes.join(dest, LOCK_NAME)
+        self.ttl = ttl
+        self.clock = clock
+        self.host = socket.gethostname()
+        self.owner = f"{self.host} pid {os.getpid()} ({uuid.uuid4().hex[:8]})"
+
+    def _read(self, ctx: Context) -> dict:
+        raw = ctx.read_optional(self.path)
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, ctx: Context) -> None:
+        """Write the lock, proven: a refresh the server silently dropped would let the lock expire."""
+        data = {
+            "owner": self.owner, "host": self.host, "pid": os.getpid(), "started": _started(os.getpid()),
+            "expires": self.clock() + self.ttl,
+        }  # fmt: skip
+        ctx.replace(self.path, json.dumps(data).encode())
+
+    def acquire(self, ctx: Context, steal: bool = False) -> None:
+        """Take the lock unless another live writer holds it.  On this machine liveness is known
+        exactly (the process and its start time); across machines the expiry decides."""
+        held = self._read(ctx)
+        left = float(held.get("expires", 0)) - self.clock()
+        alive = _alive_here(held)
+        if held.get("owner") not in (None, self.owner) and not steal and (alive or (alive is None and left > 0)):
+            until = "while it runs on this machine" if alive else f"lock expires in {int(left) + 1}s"
+            raise LockHeld(
+                f"{self.path.rsplit('/', 1)[0]} is being persisted by {held['owner']} ({until}); "
+                "stop that persist first, wait, or take over with --steal-lock"
+            )
+        try:
+            self._write(ctx)
+        except VerificationError:
+            if self._read(ctx).get("owner") not in (None, self.owner):
+                raise LockHeld(f"another kernel took the lock on {self.path} at the same moment; try again") from None
+            raise
+
+    def check(self, ctx: Context) -> None:
+        """Raise :class:`LockLost` when another kernel holds the lock now."""
+        owner = self._read(ctx).get("owner")
+        if owner not in (None, self.owner):
+            raise LockLost(
+                f"{self.path.rsplit('/', 1)[0]} was taken over by {owner}; this kernel stopped syncing to it "
+                "so as not to overwrite that kernel's work (local files are untouched)"
+            )
+
+    def refresh(self, ctx: Context) -> None:
+        self.check(ctx)
+        self._write(ctx)
+
+    def release(self, ctx: Context) -> None:
+        if self._read(ctx).get("owner") == self.owner:
+            quietly(self.rclone, "deletefile", self.path)
+
+
+def _started(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot: with the pid, it names one process
+    for good (a pid can be reused; the pair cannot)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive_here(lock: dict) -> bool | None:
+    """Is the lock's owner a live process on this machine?  None when that cannot tell: another
+    machine, or this very process (a persist here that was never stopped still lets its lock expire)."""
+    pid = lock.get("pid")
+    if lock.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = lock.get("started")
+    return started is None or _started(pid) in (None, started)

@@ -1,0 +1,1 @@
+"""The packed dataset format: manifest, tar parts written and read, and the incremental upload."""

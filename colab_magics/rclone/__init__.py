@@ -1,0 +1,1 @@
+"""rclone itself: finding the binary, running it, reading its errors, and remote names."""
