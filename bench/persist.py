@@ -56,7 +56,6 @@ import json
 import os
 import platform
 import pstats
-import re
 import shutil
 import statistics
 import struct
@@ -77,7 +76,8 @@ sys.path.insert(0, str(REPO / "tests"))
 import psutil  # noqa: E402
 import results  # noqa: E402
 
-from colab_magics.events import bus  # noqa: E402
+from colab_magics.events import Event, Kind, bus  # noqa: E402
+from colab_magics.jobs import Result  # noqa: E402
 from colab_magics.packed.upload import PackedSync  # noqa: E402
 from colab_magics.persist import Persister  # noqa: E402
 from colab_magics.rclone import process as runner  # noqa: E402
@@ -240,41 +240,26 @@ class ManifestWatcher(threading.Thread):
 
 
 class SyncEvents:
-    """Listener on the event bus: the summary of every sync of a persist job."""
+    """Listener on the event bus: the numbers of every sync of a persist job (its :class:`Result`)."""
 
     def __init__(self) -> None:
         self.events: list[dict] = []
 
-    def __call__(self, event) -> None:  # type: ignore[no-untyped-def]
-        if event.kind in ("finished", "failed") and event.name.startswith("persist"):
-            self.events.append({"at": event.at, "kind": event.kind, "message": event.message})
+    def __call__(self, event: Event) -> None:
+        if event.kind in (Kind.FINISHED, Kind.FAILED) and event.name.startswith("persist"):
+            self.events.append({"at": event.at, "kind": str(event.kind), "message": event.message,
+                                **_numbers(event.result)})  # fmt: skip
 
 
-_SIZE = re.compile(r"([\d.,]+)\s*(Bytes?|KiB|MiB|GiB|TiB)")
-_UNITS = {"Byte": 1, "Bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
-
-
-def parse_size(text: str) -> int | None:
-    m = _SIZE.search(text)
-    return None if not m else int(float(m.group(1).replace(",", "")) * _UNITS[m.group(2)])
-
-
-def parse_summary(message: str) -> dict:
-    """Moved files/bytes and seconds from a sync summary (``Result.summary()``)."""
-    if "already up to date" in message:
-        return {"moved_files": 0, "moved_bytes": 0, "seconds": None, "up_to_date": True}
-    m = re.match(r"pushed ([\d,]+) changed of ([\d,]+) files \(([^)]*?) of ([^)]*?)\) from .* in ([\d.]+)s \(", message)
-    if m:
-        return {"moved_files": int(m.group(1).replace(",", "")), "files": int(m.group(2).replace(",", "")),
-                "moved_bytes": parse_size(m.group(3)), "total_bytes": parse_size(m.group(4)),
-                "seconds": float(m.group(5)), "up_to_date": False}  # fmt: skip
-    m = re.match(r"pushed ([\d,]+) files \(([^)]*?)\) from .* in ([\d.]+)s \(", message)
-    if m:
-        n = int(m.group(1).replace(",", ""))
-        size = parse_size(m.group(2))
-        return {"moved_files": n, "files": n, "moved_bytes": size, "total_bytes": size,
-                "seconds": float(m.group(3)), "up_to_date": False}  # fmt: skip
-    return {"unparsed": True}
+def _numbers(result: Result | None) -> dict:
+    """What a sync moved, read from its result (a failed sync has none)."""
+    if result is None:
+        return {}
+    moved_files = result.files if result.moved_files is None else result.moved_files
+    moved_bytes = result.bytes if result.moved_bytes is None else result.moved_bytes
+    return {"moved_files": 0 if result.up_to_date else moved_files, "files": result.files,
+            "moved_bytes": 0 if result.up_to_date else moved_bytes, "total_bytes": result.bytes,
+            "seconds": result.seconds, "up_to_date": result.up_to_date}  # fmt: skip
 
 
 class Instrument:
@@ -504,7 +489,7 @@ def analyse(loop: dict, snapshots: list[dict], events: list[dict], syncs: list[d
                          "by": None if seen is None else ("final" if seen > end else "periodic")})  # fmt: skip
     periodic = [v["lag_s"] for v in versions if v["by"] == "periodic"]
     final = [v["lag_s"] for v in versions if v["by"] == "final"]
-    summaries = [{**e, **parse_summary(e["message"]), "final": e["at"] > end} for e in events]
+    summaries = [{**e, "final": e["at"] > end} for e in events]
     return {
         "versions": versions,
         "lag": {
@@ -632,7 +617,7 @@ def report(runs: list[dict], args: argparse.Namespace, meta: dict) -> tuple[str,
           f"{f1(lag['median'], ' s')}, max {f1(lag['max'], ' s')}"
           + (f"; final flush: {', '.join(f'{x:.1f} s' for x in lag['final_lags'])}"
              if lag["final_lags"] else ""))  # fmt: skip
-        ev = [e for e in r["sync_events"] if e["kind"] == "finished" and not e.get("unparsed")]
+        ev = [e for e in r["sync_events"] if e["kind"] == "finished"]
         periodic = [e for e in ev if not e["final"]]
         moved = [e["moved_bytes"] / MB for e in periodic if e.get("moved_bytes") is not None]
         man = [m for m in r["manifests"] if not m["final"]]
@@ -640,7 +625,7 @@ def report(runs: list[dict], args: argparse.Namespace, meta: dict) -> tuple[str,
         failed = [e for e in r["sync_events"] if e["kind"] == "failed"]
         p(f"  syncs during the loop: {len(periodic)} finished"
           + (f", {len(failed)} FAILED ({failed[0]['message'][:120]})" if failed else "")
-          + (f"; moved per sync (summary) mean {statistics.fmean(moved):.0f} MB, max {max(moved):.0f} MB"
+          + (f"; moved per sync (result) mean {statistics.fmean(moved):.0f} MB, max {max(moved):.0f} MB"
              if moved else "")
           + (f"; new part bytes per manifest mean {statistics.fmean(up):.0f} MB, max {max(up):.0f} MB"
              if up else ""))  # fmt: skip

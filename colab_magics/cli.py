@@ -1,4 +1,4 @@
-"""``colab-magics``: the engine for scripts and terminals, with the magics' arguments and defaults.
+"""``colab-magics``: the engine for scripts and terminals, with the magics' options (:mod:`.options`).
 
 Progress goes to stderr (one rewritten line on a terminal, a line every few seconds in logs);
 the summary goes to stdout.  Expected failures exit 1 with one plain line, Ctrl-C exits 130.
@@ -11,96 +11,103 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import Any, Callable, TypeVar
 
-from . import __version__
+from . import __version__, options
 from .errors import ColabMagicsError
 from .events import bus
-from .flush import flush
+from .flush import FlushReport, flush
+from .jobs import Result
 from .notebook.text import ProgressPrinter
-from .packed.manifest import DEFAULT_PART_SIZE
-from .persist import MIN_EVERY, Persister
+from .persist import Final, Persister
 from .push import push
 from .stage import RESUME_HINT, stage
-from .units import parse_duration, parse_size
+
+T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The commands, each with its options from the table the magics are built from too."""
     parser = argparse.ArgumentParser(
         prog="colab-magics", description="Stage datasets from, and push results to, any rclone remote."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("stage", help="remote -> local: packed, verified, atomic, resumable")
-    s.add_argument("source", help="remote path (gdrive:x, /path) or a name under the default remote root")
-    s.add_argument("dest", nargs="?", help="local folder (default: ./<basename of SOURCE>)")
-    s.add_argument("--force", action="store_true", help="stage again even if DEST is up to date")
-    s.add_argument("--workers", type=int, default=4, help="parts downloaded at once (default 4)")
-
-    p = sub.add_parser("push", help="local -> remote, verified, never half-written")
-    p.add_argument("source", help="local file or folder")
-    p.add_argument("dest", nargs="?", help="remote path (default: <remote root>/<basename of SOURCE>)")
-    p.add_argument("--pack", action="store_true", help="store a folder as tar parts plus a manifest")
-    p.add_argument("--compress", action="store_true", help="with --pack: zstd-compress the parts")
-    p.add_argument(
-        "--part-size", default=DEFAULT_PART_SIZE, type=parse_size, help="with --pack: largest part (default 4G)"
-    )
-
-    f = sub.add_parser(
-        "flush",
-        help="Colab: upload what the Drive mount still holds, then unmount it",
-        description="Run Colab's only flush of the Drive mount (google.colab.drive.flush_and_unmount), "
-        "which uploads what DriveFS holds in the VM's cache. Persists running in a notebook are not "
-        "reached from here: use %%drive_flush there.",
-    )
-    f.add_argument("--disconnect", action="store_true", help="then end this runtime")
-
-    k = sub.add_parser(
-        "persist",
-        help="run a command while DIR is kept safe on the remote",
-        description="Restore DIR, run COMMAND while syncing DIR in the background, sync a last time "
-        "whatever the exit status, and exit with COMMAND's status.",
-    )
-    k.add_argument("dir", help="local folder to keep safe")
-    k.add_argument("--to", dest="dest", help="remote path (default: <remote root>/<basename of DIR>)")
-    k.add_argument(
-        "--every", default="5m", type=lambda t: parse_duration(t, minimum=MIN_EVERY), help="sync interval: 30s, 5m, 1h"
-    )
-    k.add_argument("--no-restore", action="store_true", help="do not bring back an earlier sync first")
-    k.add_argument("--mirror", action="store_true", help="also delete on the remote what is deleted locally")
-    k.add_argument("--steal-lock", action="store_true", help="take over from another writer")
-    k.usage = "colab-magics persist DIR [options] -- COMMAND [ARGS...]"
+    commands: dict[str, tuple[tuple[options.Option, ...], dict[str, Any]]] = {
+        "stage": (options.STAGE, {"help": "remote -> local: packed, verified, atomic, resumable"}),
+        "push": (options.PUSH, {"help": "local -> remote, verified, never half-written"}),
+        "flush": (options.FLUSH, {
+            "help": "Colab: upload what the Drive mount still holds, then unmount it",
+            "description": "Run Colab's only flush of the Drive mount (google.colab.drive.flush_and_unmount), "
+            "which uploads what DriveFS holds in the VM's cache. Persists running in a notebook are not "
+            "reached from here: use %%drive_flush there.",
+        }),
+        "persist": (options.PERSIST, {
+            "help": "run a command while DIR is kept safe on the remote",
+            "description": "Restore DIR, run COMMAND while syncing DIR in the background, sync a last time "
+            "whatever the exit status, and exit with COMMAND's status.",
+            "usage": "colab-magics persist DIR [options] -- COMMAND [ARGS...]",
+        }),
+    }  # fmt: skip
+    for name, (declared, texts) in commands.items():
+        command = sub.add_parser(name, **texts)
+        for option in declared:
+            flags, spec = option.argument()
+            command.add_argument(*flags, **spec)
+        command.set_defaults(options=declared)
     return parser
 
 
+class _StderrReport:
+    """How the CLI shows a persist: the restore and the final sync, a line each on stderr."""
+
+    def step(self, work: Callable[[], T]) -> T:
+        return work()
+
+    def started(self, persister: Persister, restored: Result | None) -> None:
+        if restored is not None:
+            print(f"colab-magics: restored: {restored.summary()}", file=sys.stderr)
+
+    def ended(self, persister: Persister, final: Final) -> None:
+        if final.outcome is not None:
+            print(f"colab-magics: final sync: {final.outcome.result.summary()}", file=sys.stderr)
+        elif final.error is not None:  # the command could not even run: its error goes on
+            print(f"colab-magics: final sync failed: {final.error}", file=sys.stderr)
+
+
 def _persist(args: argparse.Namespace) -> int:
-    """Restore, start syncing, run the command, final sync whatever happens, pass its status on."""
-    command = args.run
-    if not command:
+    """Run the command while DIR is persisted (restored first, synced a last time whatever happens);
+    its exit status, as a shell gives it (128 + N for a signal)."""
+    if not args.run:
         raise ColabMagicsError("give the command to run after --, e.g. colab-magics persist outputs -- python train.py")
-    persister = Persister(args.dir, args.dest, every=args.every, mirror=args.mirror)
-    restored = persister.start(steal_lock=args.steal_lock, restore=not args.no_restore)
-    if restored is not None:
-        print(f"colab-magics: restored: {restored.summary()}", file=sys.stderr)
-    child: subprocess.Popen | None = None
-    previous = signal.getsignal(signal.SIGTERM)
+    persister = Persister(
+        args.dir, args.dest, every=args.sync_interval, mirror=args.mirror, part_size=args.part_size,
+        restore=not args.no_restore, steal_lock=args.steal_lock, report=_StderrReport(),
+    )  # fmt: skip
+    with persister:
+        status = _run(args.run)
+    return 128 - status if status < 0 else status
+
+
+def _run(command: list[str]) -> int:
+    """Run ``command`` to its end.  Ctrl-C at a terminal reaches it, which decides: we only wait (a
+    KeyboardInterrupt here could land between the child's exit and the reading of its status, which is
+    then lost: exit 0 instead of 130).  A SIGTERM sent to us is passed on."""
     try:
         child = subprocess.Popen(command)
-        signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))  # type: ignore[union-attr]
-        while True:
-            try:
-                rc = child.wait()
-                break
-            except KeyboardInterrupt:  # the terminal interrupted the child too; let it finish
-                continue
     except FileNotFoundError:
         print(f"colab-magics: error: command not found: {command[0]}", file=sys.stderr)
-        rc = 127
+        return 127
+    except OSError as exc:  # not executable, ...
+        print(f"colab-magics: error: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
+        return 126
+    on_term = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    on_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return child.wait()
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        outcome = persister.stop(final=True)
-        print(f"colab-magics: final sync: {outcome.result.summary()}", file=sys.stderr)  # type: ignore[union-attr]
-    return 128 - rc if rc < 0 else rc
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_int)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,17 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["persist"] and "--" in argv:  # everything after -- is the command, options included
         cut = argv.index("--")
         argv, run = argv[:cut], argv[cut + 1 :]
-    try:
-        args = parser.parse_args(argv)
-        args.run = run
-    except ColabMagicsError as exc:  # a size or duration that does not parse
-        parser.error(str(exc))
+    args = parser.parse_args(argv)
+    args.run = run
     unsubscribe = bus.subscribe(ProgressPrinter(sys.stderr))
     try:
+        options.resolve(args.options, args)  # what was not given: COLAB_MAGICS_* or the defaults, as in the magics
         if args.command == "persist":
             status = _persist(args)
             _quiet_stop(unsubscribe)
             return status
+        result: FlushReport | Result
         if args.command == "flush":
             result = flush((), disconnect=args.disconnect)  # a terminal knows nothing else of the runtime
         elif args.command == "stage":

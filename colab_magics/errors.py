@@ -25,6 +25,11 @@ class RcloneError(ColabMagicsError):
         self.stderr = stderr
 
 
+class RcloneOutputError(RcloneError):
+    """rclone answered with output that is not what its JSON is documented to be (a field missing or
+    of another type): checked at the boundary, so that ``python -O`` cannot turn it into a wrong answer."""
+
+
 class RemoteNotFound(RcloneError):
     """The remote path (folder or file) does not exist."""
 

@@ -14,7 +14,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from enum import Enum
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from .jobs import Result
 
 Listener = Callable[["Event"], None]
 
@@ -22,6 +26,31 @@ _job_ids = itertools.count(1)
 
 
 MEANINGFUL_BYTES = 1 << 20  # below this much moved, a transfer rate is noise
+
+
+class Fact(str, Enum):
+    """A state or kind the engine publishes: compares and prints as its plain word."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Kind(Fact):
+    """What an event reports."""
+
+    STARTED = "started"
+    PROGRESS = "progress"
+    FINISHED = "finished"  # carries the job's :class:`Result`
+    FAILED = "failed"
+    PENDING = "pending"  # a persist's changes not synced yet: ``progress.total_files``/``total_bytes``
+    FLUSHED = "flushed"  # Drive's mount was flushed at ``at``
+    DEADLINE = "deadline"  # the runtime's estimated end is ``at``
+
+
+class Direction(Fact):
+    DOWN = "down"  # remote -> local
+    UP = "up"
+    NONE = ""  # not a transfer (the runtime's deadline)
 
 
 @dataclass(frozen=True)
@@ -52,12 +81,12 @@ def plausible_eta(eta: object, rate: float) -> float | None:
 
 @dataclass(frozen=True)
 class Event:
-    """One report of a job: ``kind`` is started, progress, finished or failed."""
+    """One report of a job."""
 
     job_id: int
     name: str
-    direction: str  # "down" (remote -> local) or "up"
-    kind: str
+    direction: Direction
+    kind: Kind
     progress: Progress = field(default_factory=Progress)
     message: str = ""
     at: float = field(default_factory=time.time)
@@ -65,6 +94,7 @@ class Event:
     free_bytes: int | None = None  # for uploads: room left at the destination, where it says
     trash_bytes: int | None = None  # of the used space, what sits in Drive's Trash
     target: str = ""  # where the job writes (a local folder, a remote path): one status row per target
+    result: Result | None = None  # finished events: what the job did, in numbers
 
 
 class EventBus:
@@ -103,9 +133,9 @@ class EventBus:
                 return
             last = self._queue[-1] if self._queue else None
             if (
-                event.kind == "progress"
+                event.kind == Kind.PROGRESS
                 and last is not None
-                and last.kind == "progress"
+                and last.kind == Kind.PROGRESS
                 and last.job_id == event.job_id
             ):
                 self._queue[-1] = event
@@ -117,7 +147,7 @@ class EventBus:
 
     def _drop_oldest_progress(self) -> None:
         for i, queued in enumerate(self._queue):
-            if queued.kind == "progress":
+            if queued.kind == Kind.PROGRESS:
                 del self._queue[i]
                 return
         self._queue.popleft()
@@ -179,7 +209,7 @@ class Job:
     RATE = 10.0
 
     def __init__(
-        self, name: str, direction: str, events: EventBus | None = None, where: str = "", target: str = ""
+        self, name: str, direction: Direction, events: EventBus | None = None, where: str = "", target: str = ""
     ) -> None:
         self.id = next(_job_ids)
         self.name = name
@@ -209,10 +239,10 @@ class Job:
             eta = plausible_eta(left / rate, rate) if rate > 0 and self._total_bytes else None
         return Progress(self._done_bytes, self._total_bytes, rate, eta, self._done_files, self._total_files, self._note)
 
-    def _publish(self, kind: str, message: str = "") -> None:
+    def _publish(self, kind: Kind, message: str = "", result: Result | None = None) -> None:
         self._events.publish(
             Event(self.id, self.name, self.direction, kind, self.progress, message, where=self.where,
-                  free_bytes=self.room[0], trash_bytes=self.room[1], target=self.target)
+                  free_bytes=self.room[0], trash_bytes=self.room[1], target=self.target, result=result)
         )  # fmt: skip
 
     def _maybe_publish(self, force: bool) -> None:
@@ -223,11 +253,11 @@ class Job:
             self._last_publish = now
             progress = self._snapshot()
         self._events.publish(
-            Event(self.id, self.name, self.direction, "progress", progress, where=self.where, target=self.target)
+            Event(self.id, self.name, self.direction, Kind.PROGRESS, progress, where=self.where, target=self.target)
         )
 
     def start(self, message: str = "") -> None:
-        self._publish("started", message)
+        self._publish(Kind.STARTED, message)
 
     def update(
         self,
@@ -263,16 +293,17 @@ class Job:
             self._done_files += done_files
         self._maybe_publish(force=False)
 
-    def finish(self, summary: str) -> None:
+    def finish(self, result: Result) -> None:
+        """Publish the job's numbers, with their one-line summary for plain listeners."""
         self._maybe_publish(force=True)
-        self._publish("finished", summary)
+        self._publish(Kind.FINISHED, result.summary(), result)
 
     def found_room(self, free: int, trashed: int | None) -> None:
         """The destination's room, measured before the upload: said by every later event."""
         self.room = (free, trashed)
 
     def fail(self, error: str) -> None:
-        self._publish("failed", error)
+        self._publish(Kind.FAILED, error)
 
     @property
     def elapsed(self) -> float:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .destination.safety import FLUSHED, Where
 from .errors import ColabMagicsError
-from .events import Event, EventBus, bus
+from .events import Direction, Event, EventBus, Kind, bus
 from .host import colab as host
 from .persist import Persister
 
@@ -54,10 +54,11 @@ def flush(persisters: Iterable[Persister], *, disconnect: bool = False, events: 
     try:
         host.flush_drive()
     except ColabMagicsError as exc:  # the board says so until a flush succeeds
-        (events or bus).publish(Event(0, FLUSH_JOB, "up", "failed", message=str(exc), where=Where.MOUNT.value))
+        failed = Event(0, FLUSH_JOB, Direction.UP, Kind.FAILED, message=str(exc), where=Where.MOUNT.value)
+        (events or bus).publish(failed)
         raise
     report.at = time.time()
-    (events or bus).publish(Event(0, FLUSH_JOB, "up", "flushed", at=report.at, where=Where.MOUNT.value))
+    (events or bus).publish(Event(0, FLUSH_JOB, Direction.UP, Kind.FLUSHED, at=report.at, where=Where.MOUNT.value))
     if disconnect:
         host.end_runtime()
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -21,12 +22,13 @@ import platformdirs
 
 from .destination.safety import Where
 from .errors import ColabMagicsError, RemoteNotFound, TransferCancelled, VerificationError
-from .events import MEANINGFUL_BYTES, EventBus, Job, Progress
+from .events import MEANINGFUL_BYTES, Direction, EventBus, Job, Progress
 from .rclone import remotes
 from .rclone.process import FAIL_FAST, Rclone, RcloneProcess
 from .rclone.remotes import remote_info
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 class HashingReader:
@@ -154,9 +156,9 @@ class Context:
             quietly(self.rc, "deletefile", tmp)
             raise
         if remote_info(self.rc, final).md5:
-            got = self.rc.json("lsjson", "--stat", "--hash", "--hash-type", "md5", final)
-            same = isinstance(got, dict) and got.get("Size") == len(data)
-            remote_md5 = (got.get("Hashes") or {}).get("md5") if same else None  # type: ignore[union-attr]
+            got = self.rc.stat(final, "--hash", "--hash-type", "md5")
+            same = got.size == len(data)
+            remote_md5 = got.hash("md5")
             if same:  # an object stored without an MD5 is compared by its bytes
                 same = remote_md5 == md5 if remote_md5 else self.read_optional(final) == data
         else:
@@ -200,7 +202,7 @@ class Context:
 
 def run_job(
     name: str,
-    direction: str,
+    direction: Direction,
     detail: str,
     work: Callable[[Context], Result],
     rclone: Rclone | None = None,
@@ -222,7 +224,7 @@ def run_job(
         ctx.stop_children()
         job.fail(str(exc) or type(exc).__name__)
         raise
-    job.finish(result.summary())
+    job.finish(result)
     return result
 
 
@@ -244,10 +246,13 @@ class Result:
     moved_bytes: int | None = None
     where: str = ""  # pushes: where the data now really lives (a :class:`Where` value)
 
-    def summary(self) -> str:
+    def summary(self, route: bool = True, caveat: str | None = None) -> str:
+        """The one line people read.  ``route`` names source and destination (a status row already
+        does); ``caveat`` replaces where the data lives (e.g. once Drive's mount was flushed)."""
         size = humanize.naturalsize(self.bytes, binary=True)
         if self.up_to_date:
-            line = f"{self.dest} is already up to date with {self.source} ({self.files:,} {_files(self.files)}, {size})"
+            what = f"is already up to date with {self.source}" if route else "already up to date"
+            line = f"{self.dest if route else ''} {what} ({self.files:,} {_files(self.files)}, {size})".lstrip()
         else:
             moved = self.bytes if self.moved_bytes is None else self.moved_bytes
             rate = humanize.naturalsize(moved / max(self.seconds, 1e-3), binary=True)
@@ -259,11 +264,12 @@ class Result:
                 )
             # a rate means nothing for a sync of a second or a few bytes ("0 Bytes/s")
             how = f"{rate}/s, {self.kind}" if self.seconds >= 1.0 and moved >= MEANINGFUL_BYTES else self.kind
-            line = f"{self.action} {what} from {self.source} to {self.dest} in {self.seconds:.1f}s ({how})"
+            path = f" from {self.source} to {self.dest}" if route else ""
+            line = f"{self.action} {what}{path} in {self.seconds:.1f}s ({how})"
             if self.reused_parts:
                 line += f"; {self.reused_parts} part(s) already there"
-        if self.where:
-            line += f"; {Where(self.where).caveat()}"
+        if caveat or self.where:
+            line += f"; {caveat or Where(self.where).caveat()}"
         return line + (f". {self.note}" if self.note else "")
 
 
@@ -278,19 +284,19 @@ def quietly(rclone: Rclone, *args: str, within: float = CLEANUP_SECONDS) -> None
             if p.exited_within(within):
                 p.wait()
             else:
+                logger.debug("clean-up %s left to the next run: no answer within %.1fs", args[0], within)
                 p.stop(grace=0.5)
-    except Exception:
-        pass
+    except Exception as exc:
+        logger.debug("clean-up %s left to the next run: %s", args[0], exc)
 
 
 def verify_upload(ctx: Context, remote: str, size: int, md5: str | None) -> None:
     """Sizes always, MD5 where the remote keeps it."""
     has_md5 = remote_info(ctx.rc, remote).md5
-    got = ctx.rc.json("lsjson", "--stat", remote, *(["--hash", "--hash-type", "md5"] if has_md5 else []))
-    assert isinstance(got, dict)
-    if got.get("Size") != size:
-        raise VerificationError(f"{remote}: uploaded {size:,} bytes but the remote holds {got.get('Size')}; push again")
-    remote_md5 = (got.get("Hashes") or {}).get("md5")
+    got = ctx.rc.stat(remote, *(["--hash", "--hash-type", "md5"] if has_md5 else []))
+    if got.size != size:
+        raise VerificationError(f"{remote}: uploaded {size:,} bytes but the remote holds {got.size:,}; push again")
+    remote_md5 = got.hash("md5")
     if md5 and remote_md5 and remote_md5 != md5:
         raise VerificationError(f"{remote}: the uploaded bytes do not match their MD5; push again")
 
@@ -356,22 +362,24 @@ def abort_stale_uploads(ctx: Context, prefixes: list[str]) -> None:
     with _ABORTED_LOCK:
         todo = [p for p in prefixes if p not in _ABORTED]
         _ABORTED.update(todo)
+    logger.debug("multipart sweep: %d prefix(es) to do, %d done before", len(todo), len(prefixes) - len(todo))
     for prefix in todo:
         try:
             ctx.rc.run("backend", "cleanup", prefix, "-o", f"max-age={int(STALE_SECONDS)}s")
-        except ColabMagicsError:  # the sweep never fails the work it follows; the next process tries again
-            pass
+        except ColabMagicsError as exc:  # the sweep never fails the work it follows; the next process tries again
+            logger.debug("multipart sweep of %s skipped: %s", prefix, exc)
 
 
 def sweep(ctx: Context, folder: str, prefixes: tuple[str, ...]) -> None:
     """Remove what killed runs left in ``folder``: our temporary files and folders (names that start
     with one of ``prefixes``) older than :data:`STALE_SECONDS`, in one listing and one brief try each."""
     try:
-        listing = ctx.rc.json("lsjson", "--max-depth", "1", folder)
-    except ColabMagicsError:  # the sweep never fails the work it follows
+        listing = ctx.rc.lsjson("--max-depth", "1", folder)
+    except ColabMagicsError as exc:  # the sweep never fails the work it follows
+        logger.debug("stale sweep of %s skipped: %s", folder, exc)
         return
     now = time.time()
-    for entry in listing or []:  # type: ignore[union-attr]
-        name = entry["Path"]
-        if name.startswith(prefixes) and age(name, entry.get("ModTime"), now) > STALE_SECONDS:
-            quietly(ctx.rc, "purge" if entry.get("IsDir") else "deletefile", remotes.join(folder, name))
+    stale = [e for e in listing if e.path.startswith(prefixes) and age(e.path, e.mod_time, now) > STALE_SECONDS]
+    logger.debug("stale sweep of %s: %d of %d entries are leftovers of killed runs", folder, len(stale), len(listing))
+    for entry in stale:
+        quietly(ctx.rc, "purge" if entry.is_dir else "deletefile", remotes.join(folder, entry.path))

@@ -9,6 +9,7 @@ every commit of a persist also checks that the lock is still its own.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -19,6 +20,8 @@ from .errors import LockHeld, LockLost, VerificationError
 from .jobs import Context, quietly
 from .rclone import remotes
 from .rclone.process import Rclone
+
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".cm-lock.json"
 LOCK_TTL = 90.0  # a killed kernel's lock blocks a new writer for at most this long
@@ -59,6 +62,11 @@ class RemoteLock:
         held = self._read(ctx)
         left = float(held.get("expires", 0)) - self.clock()
         alive = _alive_here(held)
+        if held.get("owner") is not None:
+            logger.debug(
+                "lock %s: held by %s (alive here: %s, expires in %.0fs)%s; this kernel is %s",
+                self.path, held["owner"], alive, left, ", stealing it" if steal else "", self.owner,
+            )  # fmt: skip
         if held.get("owner") not in (None, self.owner) and not steal and (alive or (alive is None and left > 0)):
             until = "while it runs on this machine" if alive else f"lock expires in {int(left) + 1}s"
             raise LockHeld(
@@ -71,6 +79,7 @@ class RemoteLock:
             if self._read(ctx).get("owner") not in (None, self.owner):
                 raise LockHeld(f"another kernel took the lock on {self.path} at the same moment; try again") from None
             raise
+        logger.debug("lock %s taken: expires in %.0fs", self.path, self.ttl)
 
     def check(self, ctx: Context) -> None:
         """Raise :class:`LockLost` when another kernel holds the lock now."""
@@ -84,10 +93,13 @@ class RemoteLock:
     def refresh(self, ctx: Context) -> None:
         self.check(ctx)
         self._write(ctx)
+        logger.debug("lock %s refreshed: expires in %.0fs", self.path, self.ttl)
 
     def release(self, ctx: Context) -> None:
-        if self._read(ctx).get("owner") == self.owner:
+        owner = self._read(ctx).get("owner")
+        if owner == self.owner:
             quietly(self.rclone, "deletefile", self.path)
+        logger.debug("lock %s %s", self.path, "released" if owner == self.owner else f"not released: held by {owner}")
 
 
 def _started(pid: int) -> int | None:

@@ -15,17 +15,21 @@ interval.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from types import TracebackType
+from typing import Callable, Protocol, TypeVar
 
 from .destination.safety import Where, where
 from .errors import ColabMagicsError, LockLost
-from .events import Event, EventBus, Job, Progress, bus
+from .events import Direction, Event, EventBus, Fact, Job, Kind, Progress, bus
 from .host.colab import require_drive_mounted
 from .jobs import Context, Result, read_json, state_dir, write_json
 from .local import tree as localtree
@@ -37,9 +41,26 @@ from .rclone import remotes
 from .rclone.process import Rclone
 from .stage import stage
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_EVERY = 300.0
 MIN_EVERY = 1.0  # what the magics accept: every sync costs requests against the remote's quota
 PENDING_EVERY = 5.0  # seconds between two looks for changes not synced yet (longer for huge folders)
+
+
+class PersistState(Fact):
+    STARTING = "starting"
+    IDLE = "idle"
+    SYNCING = "syncing"
+    PAUSED = "paused"
+    ERROR = "error"
+    STOPPED = "stopped"
+
+
+def _resting(paused: bool) -> PersistState:
+    """The state between two syncs."""
+    return PersistState.PAUSED if paused else PersistState.IDLE
+
 
 @dataclass
 class PersistStatus:
@@ -47,7 +68,7 @@ class PersistStatus:
 
     local: str
     dest: str
-    state: str  # starting, idle, syncing, paused, error, stopped
+    state: PersistState
     last_sync: float | None  # wall-clock time of the last successful sync
     last_error: str
     pending: list[str]  # files left for the next sync (still being written)
@@ -55,8 +76,58 @@ class PersistStatus:
     last_result: Result | None
 
 
+class Ending(Enum):
+    """How a persist used as a context manager ended."""
+
+    SYNCED = "synced"  # the final sync ran
+    FAILED = "failed"  # the final sync failed while the body's own exception went on
+    FLUSHED = "flushed"  # a flush of the Drive mount had ended it: changes since then are only here
+
+
+@dataclass
+class Final:
+    """What :meth:`Persister.__exit__` tells the face: the ending, and whether the body was interrupted."""
+
+    ending: Ending
+    interrupted: bool  # the body ended with Ctrl-C
+    outcome: SyncOutcome | None = None  # SYNCED
+    error: Exception | None = None  # FAILED
+
+
+T = TypeVar("T")
+
+
+class PersistReport(Protocol):
+    """How a face runs and tells one persist: the CLI in lines on stderr, the magics in the cell."""
+
+    def step(self, work: Callable[[], T]) -> T:
+        """Run the restore or the final sync, with its progress shown; what it raises goes on."""
+
+    def started(self, persister: Persister, restored: Result | None) -> None:
+        """The persist runs; ``restored`` is what the restore brought back, if anything."""
+
+    def ended(self, persister: Persister, final: Final) -> None:
+        """The persist is over (lock released), as ``final`` says."""
+
+
+class _Unsaid:
+    """The report of a persist nobody watches."""
+
+    def step(self, work: Callable[[], T]) -> T:
+        return work()
+
+    def started(self, persister: Persister, restored: Result | None) -> None:
+        pass
+
+    def ended(self, persister: Persister, final: Final) -> None:
+        pass
+
+
 class Persister:
-    """Restore, then keep ``local`` synced to ``dest`` until :meth:`stop`, which flushes."""
+    """Restore, then keep ``local`` synced to ``dest`` until :meth:`stop`, which flushes.
+
+    ``with Persister(..., restore=True, report=...) as p:`` is the whole lifecycle the magics and the
+    CLI share: see :meth:`__enter__` and :meth:`__exit__`."""
 
     def __init__(
         self,
@@ -65,7 +136,6 @@ class Persister:
         *,
         every: float = DEFAULT_EVERY,
         mirror: bool = False,
-        compress: bool = False,
         part_size: int = DEFAULT_PART_SIZE,
         settle: float = 0.5,
         root: str | None = None,
@@ -73,18 +143,23 @@ class Persister:
         events: EventBus | None = None,
         lock_ttl: float = LOCK_TTL,
         clock: Clock = time.time,
+        restore: bool = False,
+        steal_lock: bool = False,
+        report: PersistReport | None = None,
     ) -> None:
         self.local = os.path.abspath(os.fspath(local))
         self.dest = remotes.resolve(dest, root) if dest else default_remote_dest(self.local, root)
         self.every = every
         self.settle = settle
-        self.options = SyncOptions("zstd" if compress else "none", part_size, keep_deleted=not mirror, tolerant=True)
+        self.options = SyncOptions("none", part_size, keep_deleted=not mirror, tolerant=True)
         self.rclone = rclone or Rclone()
         self.events = events
         self.name = f"persist {os.path.basename(self.local)}"
         self.where = where(self.dest, self.rclone)  # said in every status and summary of this persist
         self.clock = clock
         self.lock = RemoteLock(self.rclone, self.dest, lock_ttl, clock)
+        self._restore_first, self._steal_lock = restore, steal_lock  # what entering the ``with`` does
+        self._report: PersistReport = report or _Unsaid()
         self._manifest: Manifest | None = None
         self._sync_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -94,11 +169,35 @@ class Persister:
         self._waiting: list[Future] = []
         self._thread: threading.Thread | None = None
         self._lost: LockLost | None = None
-        self._status = PersistStatus(self.local, self.dest, "starting", None, "", [], 0, None)
+        self._status = PersistStatus(self.local, self.dest, PersistState.STARTING, None, "", [], 0, None)
         key = hashlib.sha1(f"{self.local}\n{self.dest}".encode()).hexdigest()[:16]
         self._journal_path = state_dir() / "persist" / f"{key}.json"
 
     # -- lifecycle --------------------------------------------------------------------------
+    def __enter__(self) -> Persister:
+        """One whole persist for both faces: take the lock, restore (``restore``), start syncing."""
+        restored = self._report.step(lambda: self.start(steal_lock=self._steal_lock, restore=self._restore_first))
+        self._report.started(self, restored)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """However the body ended (Ctrl-C included): the final sync, the stop, the report.  The body's
+        own exception goes on unchanged; a final sync that fails is then reported, else raised."""
+        interrupted = kind is not None and issubclass(kind, KeyboardInterrupt)
+        if self.status().state == PersistState.STOPPED:  # a flush of the Drive mount ended it during the body
+            self.publish_pending()
+            final = Final(Ending.FLUSHED, interrupted)
+        else:
+            try:
+                final = Final(Ending.SYNCED, interrupted, outcome=self._report.step(lambda: self.stop(final=True)))
+            except Exception as exc:
+                if kind is None:
+                    raise
+                final = Final(Ending.FAILED, interrupted, error=exc)
+        self._report.ended(self, final)
+
     def restore(self) -> Result | None:
         """Bring back the last sync if ``local`` is missing or empty; else files missing here, or changed
         on the remote but not here since this machine last synced (see :func:`_stale`)."""
@@ -147,7 +246,7 @@ class Persister:
         except BaseException:
             self.lock.release(ctx)
             raise
-        self._set(state="idle")
+        self._set(state=PersistState.IDLE)
         self._thread = threading.Thread(target=self._loop, name=f"colab_magics-{self.name}", daemon=True)
         self._thread.start()
         return restored
@@ -161,7 +260,7 @@ class Persister:
         try:
             return self.sync(settle=0.0) if final else None
         finally:
-            self._set(state="stopped")
+            self._set(state=PersistState.STOPPED)
             self.publish_pending()
             self.lock.release(self._context())
             for future in self._drain_waiting():
@@ -198,7 +297,8 @@ class Persister:
         """Measure :meth:`pending` and publish it (the views never walk the folder themselves)."""
         files, size = self.pending()
         progress = Progress(total_bytes=size, total_files=files)
-        (self.events or bus).publish(Event(0, self.name, "up", "pending", progress, where=self.where, target=self.dest))
+        pending = Event(0, self.name, Direction.UP, Kind.PENDING, progress, where=self.where, target=self.dest)
+        (self.events or bus).publish(pending)
         return files, size
 
     def status(self) -> PersistStatus:
@@ -209,7 +309,7 @@ class Persister:
     def sync(self, settle: float | None = None) -> SyncOutcome:
         """One incremental sync now (serialised with the background one)."""
         with self._sync_lock:
-            self._set(state="syncing")
+            self._set(state=PersistState.SYNCING)
             ctx = self._context()
             options = SyncOptions(**{**vars(self.options), "settle": self.settle if settle is None else settle})
             try:
@@ -223,16 +323,16 @@ class Persister:
             except BaseException as exc:
                 if isinstance(exc, LockLost):
                     self._lost = exc  # every later sync refuses at once
-                self._set(state="error", last_error=str(exc) or type(exc).__name__)
+                self._set(state=PersistState.ERROR, last_error=str(exc) or type(exc).__name__)
                 ctx.job.fail(str(exc) or type(exc).__name__)
                 raise
             self._manifest = outcome.manifest
             self._remember(outcome.manifest)
             with self._state_lock:
                 s = self._status
-                s.state, s.last_error, s.pending = ("paused" if self._paused else "idle"), "", outcome.deferred
+                s.state, s.last_error, s.pending = _resting(self._paused), "", outcome.deferred
                 s.last_sync, s.syncs, s.last_result = self.clock(), s.syncs + 1, outcome.result
-            ctx.job.finish(outcome.result.summary())
+            ctx.job.finish(outcome.result)
             self.publish_pending()
             return outcome
 
@@ -258,8 +358,9 @@ class Persister:
                     self.lock.refresh(self._context())
                 except LockLost as exc:
                     self._lost = exc
-                    self._set(state="error", last_error=str(exc))
+                    self._set(state=PersistState.ERROR, last_error=str(exc))
                 except ColabMagicsError as exc:
+                    logger.debug("%s: lock refresh failed, next try in %.0fs: %s", self.name, beat, exc)
                     self._set(last_error=f"could not refresh the lock: {exc}")
             waiting = self._drain_waiting()
             if not waiting and (now < next_sync or self._paused):
@@ -268,6 +369,7 @@ class Persister:
             try:
                 outcome = self.sync()
             except Exception as exc:  # recorded in the status; the next interval tries again
+                logger.debug("%s: sync failed, next try in %.0fs: %s", self.name, self.every, exc)
                 for future in waiting:
                     future.set_exception(exc)
             else:
@@ -284,13 +386,13 @@ class Persister:
         with self._state_lock:
             if "paused" in changes:
                 self._paused = bool(changes.pop("paused"))
-                if self._status.state in ("idle", "paused"):
-                    self._status.state = "paused" if self._paused else "idle"
+                if self._status.state in (PersistState.IDLE, PersistState.PAUSED):
+                    self._status.state = _resting(self._paused)
             for key, value in changes.items():
                 setattr(self._status, key, value)
 
     def _context(self) -> Context:
-        return Context(self.rclone, Job(self.name, "up", self.events, self.where, self.dest), None)
+        return Context(self.rclone, Job(self.name, Direction.UP, self.events, self.where, self.dest), None)
 
     # -- the journal: what this machine last saw on both sides, to tell who changed a file --
     def _journal(self) -> dict[str, list[int]]:

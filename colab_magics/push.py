@@ -18,7 +18,7 @@ import threading
 from .destination.safety import where
 from .destination.space import check_room
 from .errors import BadInput, RemoteNotFound, SourceChanged, VerificationError
-from .events import EventBus
+from .events import Direction, EventBus
 from .jobs import (
     Context,
     Result,
@@ -83,7 +83,7 @@ def push(
         return _push_file(ctx, src, target)
 
     name = f"push {os.path.basename(src)}"
-    return run_job(name, "up", f"{src} -> {target}", work, rclone, events, cancel, place, target)
+    return run_job(name, Direction.UP, f"{src} -> {target}", work, rclone, events, cancel, place, target)
 
 
 def md5_file(path: str) -> str:
@@ -94,8 +94,8 @@ def md5_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def _result(ctx: Context, src: str, dest: str, kind: str, files: int, size: int, **kw: object) -> Result:
-    return Result("pushed", src, dest, kind, files, size, ctx.job.elapsed, where=ctx.job.where, **kw)  # type: ignore[arg-type]
+def _result(ctx: Context, src: str, dest: str, kind: str, files: int, size: int, up_to_date: bool = False) -> Result:
+    return Result("pushed", src, dest, kind, files, size, ctx.job.elapsed, up_to_date, where=ctx.job.where)
 
 
 # -- plain mode ------------------------------------------------------------------------------
@@ -116,8 +116,7 @@ def _sweep_beside(ctx: Context, dest: str) -> None:
 
 def _check_complete(ctx: Context, dest: str, planned: dict[str, FileStat], links: set[str], skip: set[str]) -> None:
     """Every file meant to be there is at dest with its size: nothing dropped without a word."""
-    listing = ctx.rc.json("lsjson", "-R", "--files-only", dest)
-    there = {remotes.listed_name(e["Path"]): e["Size"] for e in listing or []}  # type: ignore[union-attr]
+    there = {remotes.listed_name(e.path): e.size for e in ctx.rc.lsjson("-R", "--files-only", dest)}
     missing = [p for p, f in planned.items() if p not in skip and p not in links and there.get(p) != f.size]
     if missing:
         raise VerificationError(
@@ -245,19 +244,13 @@ def _remote_size(state: list) -> int:
 
 def _listing(ctx: Context, dest: str, hash_types: tuple[str, ...]) -> dict[str, tuple[int, str]]:
     """The files at ``dest`` by name: (size, hash); the hash is "" where the remote has none for it."""
-    args = ["lsjson", "-R", "--files-only", dest]
+    args = ["-R", "--files-only", dest]
     args += ["--hash", "--hash-type", hash_types[0]] if hash_types else []
     try:
-        listing = ctx.rc.json(*args)
+        listing = ctx.rc.lsjson(*args)
     except RemoteNotFound:
         return {}
-    return {
-        remotes.listed_name(e["Path"]): (
-            e["Size"],
-            (e.get("Hashes") or {}).get(hash_types[0], "") if hash_types else "",
-        )
-        for e in listing or []  # type: ignore[union-attr]
-    }
+    return {remotes.listed_name(e.path): (e.size, e.hash(hash_types[0]) if hash_types else "") for e in listing}
 
 
 def _copy(ctx: Context, *args: str) -> list[str]:
@@ -298,32 +291,32 @@ def _check_staged(
     answers 404 for it, s3rver's for ``#`` and ``+``), which are dropped from ``tmp``.
     """
     try:
-        listing = ctx.rc.json("lsjson", "-R", "--files-only", tmp, *(["--hash", "--hash-type", "md5"] if md5 else []))
+        listing = ctx.rc.lsjson("-R", "--files-only", tmp, *(["--hash", "--hash-type", "md5"] if md5 else []))
     except RemoteNotFound:  # nothing needed uploading: the staging folder was never made
         return False, 0, []
     uploaded = 0
     direct: list[str] = []
-    for entry in listing or []:  # type: ignore[union-attr]
-        rel = remotes.listed_name(entry["Path"])
+    for entry in listing:
+        rel = remotes.listed_name(entry.path)
         if _MOVE_UNSAFE.search(rel):
             direct.append(rel)
-            ctx.run("deletefile", remotes.join(tmp, entry["Path"]))
+            ctx.run("deletefile", remotes.join(tmp, entry.path))
             continue
         if rel.removesuffix(".rclonelink") in links:  # a symlink, stored as its target's text
             uploaded += 1
             continue
         planned = snapshot.get(rel)
         local = os.path.join(src, rel)
-        ok = planned is not None and entry["Size"] == planned.size
-        if ok:
+        ok = False
+        if planned is not None and entry.size == planned.size:
             st = os.stat(local)
             ok = (st.st_size, st.st_mtime_ns) == (planned.size, planned.mtime_ns)
-        remote_md5 = (entry.get("Hashes") or {}).get("md5")
+        remote_md5 = entry.hash("md5")
         if ok and remote_md5:
             ok = md5_file(local) == remote_md5
         if not ok:
             changed += [] if rel in changed else [rel]
-            ctx.run("deletefile", remotes.join(tmp, entry["Path"]))  # rclone reads its listed form back
+            ctx.run("deletefile", remotes.join(tmp, entry.path))  # rclone reads its listed form back
         else:
             uploaded += 1
     return True, uploaded, direct

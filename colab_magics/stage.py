@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from .errors import BadInput, RemoteNotFound, UnsafeArchive, VerificationError
-from .events import EventBus
+from .events import Direction, EventBus
 from .jobs import Context, HashingReader, Result, read_json, run_job, short_id, state_dir, write_json
 from .local import tree as localtree
 from .local.archives import Extractor, check_links_resolve_inside, check_symlink, extract_tar, extract_zip, safe_relpath
@@ -30,6 +31,9 @@ from .packed.manifest import MANIFEST_NAME, FileEntry, Manifest, Segment
 from .packed.tar_reader import TarStream
 from .rclone import remotes
 from .rclone.process import Rclone
+from .streams import Readable
+
+logger = logging.getLogger(__name__)
 
 ARCHIVES = {
     ".tar": "tar", ".tar.gz": "tar", ".tgz": "tar", ".tar.bz2": "tar", ".tbz2": "tar",
@@ -85,9 +89,8 @@ def stage(
     def work(ctx: Context) -> Result:
         return _Stage(ctx, src, target, workers).run(force)
 
-    return run_job(
-        name or f"stage {target.name}", "down", f"{src} -> {target}", work, rclone, events, cancel, target=str(target)
-    )
+    name = name or f"stage {target.name}"
+    return run_job(name, Direction.DOWN, f"{src} -> {target}", work, rclone, events, cancel, target=str(target))
 
 
 def _check_dest(src: str, target: Path) -> None:
@@ -123,18 +126,16 @@ class _Stage:
             manifest = Manifest.from_json(raw, self.src)
             return "packed", {"manifest": hashlib.sha256(raw).hexdigest()}, manifest, manifest.total_bytes
         try:
-            info = self.ctx.rc.json("lsjson", "--stat", self.src)
+            info = self.ctx.rc.stat(self.src)
         except RemoteNotFound:
             raise RemoteNotFound(f"{self.src} does not exist on the remote; check the name") from None
-        assert isinstance(info, dict)
-        if info.get("IsDir"):
+        if info.is_dir:
             remote = remotes.remote_info(self.ctx.rc, self.src)
             hashed = ["--hash", "--hash-type", remote.hashes[0]] if remote.hashes else []
-            listing = self.ctx.rc.json("lsjson", "-R", "--files-only", self.src, *hashed) or []
-            assert isinstance(listing, list)
+            listing = self.ctx.rc.lsjson("-R", "--files-only", self.src, *hashed)
             if not listing:  # bucket remotes show any missing path as an empty folder
                 raise RemoteNotFound(f"{self.src} is empty or does not exist on the remote; check the name")
-            rows = sorted((e["Path"], e["Size"], e["ModTime"], e.get("Hashes") or {}) for e in listing)
+            rows = sorted((e.path, e.size, e.mod_time, e.hashes) for e in listing)
             self.listed = {remotes.listed_name(row[0]): row[1] for row in rows}
             precise = remote.modtime_precision_s is not None and remote.modtime_precision_s <= 0.001
             self.hashed = bool(remote.hashes)
@@ -149,7 +150,7 @@ class _Stage:
                 f"{self.src} is a single file but not an archive ({', '.join(ARCHIVES)}); "
                 "stage a folder or an archive"
             )
-        return kind, {"size": info.get("Size"), "modtime": info.get("ModTime")}, None, int(info.get("Size", 0))
+        return kind, {"size": info.size, "modtime": info.mod_time}, None, max(info.size, 0)
 
     def run(self, force: bool) -> Result:
         kind, identity, manifest, size = self.probe()
@@ -167,21 +168,29 @@ class _Stage:
             )
         if not force and state.get("identity") == identity and self.dest.is_dir():
             tree = localtree.fingerprint_of(self.dest)
-            if tree == state.get("tree"):
+            if tree is not None and tree == state.get("tree"):
+                logger.debug("stage %s -> %s: up to date (same source, local files as staged)", self.src, self.dest)
                 return self.result(kind, len(tree), sum(v[0] for v in tree.values()), up_to_date=True)
+            why = "the local files changed since they were staged"
+        elif force or not state.get("identity"):
+            why = "forced" if force else "not staged here before"
+        else:
+            why = "the source changed" if state.get("identity") != identity else "the local folder is gone"
+        logger.debug("stage %s -> %s: fetching the %s source (%s)", self.src, self.dest, kind, why)
         progress_file = self.work / "progress.json"
         progress = read_json(progress_file)
         if progress.get("identity") != identity:
             shutil.rmtree(self.work, ignore_errors=True)
             progress = {"identity": identity, "done": []}
+        elif progress["done"]:
+            logger.debug("stage %s: resuming, %d part(s) already fetched", self.src, len(progress["done"]))
         self.tree.mkdir(parents=True, exist_ok=True)
         write_json(progress_file, progress)
         self.ctx.job.update(total_bytes=size)
         note = ""
         reused = 0
         try:
-            if kind == "packed":
-                assert manifest is not None
+            if manifest is not None:  # a packed dataset
                 reused = self.fill_packed(manifest, progress, progress_file)
             elif kind == "folder":
                 note = self.fill_folder()
@@ -235,9 +244,10 @@ class _Stage:
             futures = [pool.submit(one, i) for i in todo]
             finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for f in finished:
-                if f.exception() is not None:
+                failure = f.exception()
+                if failure is not None:
                     self.ctx.stop_children()
-                    raise f.exception()  # type: ignore[misc]
+                    raise failure
         except BaseException:
             self.ctx.stop_children()
             raise
@@ -258,7 +268,7 @@ class _Stage:
         where = f"{self.src}/{part.name}"
 
         def consume(reader: HashingReader) -> None:
-            stream: IO[bytes] = _zstd_reader(reader) if manifest.compression == "zstd" else reader  # type: ignore[assignment]
+            stream: Readable = _zstd_reader(reader) if manifest.compression == "zstd" else reader
             tar = TarStream(stream, where)
 
             def count(n: int) -> None:
@@ -305,10 +315,9 @@ class _Stage:
     def _exists(self, path: str) -> bool:
         """Is there a file at ``path``?  (A bucket remote shows a missing object as an empty folder.)"""
         try:
-            info = self.ctx.rc.json("lsjson", "--stat", path)
+            return not self.ctx.rc.stat(path).is_dir
         except RemoteNotFound:
             return False
-        return isinstance(info, dict) and not info.get("IsDir")
 
     def finish_split_files(self, manifest: Manifest) -> None:
         """Files split across parts are hashed once all their segments are in."""
@@ -347,14 +356,12 @@ class _Stage:
 
     def verify_download(self, reader: HashingReader) -> None:
         info = remotes.remote_info(self.ctx.rc, self.src)
-        args = ["lsjson", "--stat", self.src] + (["--hash", "--hash-type", "md5"] if info.md5 else [])
-        stat = self.ctx.rc.json(*args)
-        assert isinstance(stat, dict)
-        if stat.get("Size") not in (None, -1, reader.count):
+        stat = self.ctx.rc.stat(self.src, *(["--hash", "--hash-type", "md5"] if info.md5 else []))
+        if stat.size not in (-1, reader.count):
             raise VerificationError(
-                f"{self.src}: read {reader.count:,} bytes, the remote lists {stat['Size']:,}; stage again"
+                f"{self.src}: read {reader.count:,} bytes, the remote lists {stat.size:,}; stage again"
             )
-        md5 = (stat.get("Hashes") or {}).get("md5")
+        md5 = stat.hash("md5")
         if md5 and md5 != reader.md5.hexdigest():
             raise VerificationError(f"{self.src}: the downloaded bytes do not match the remote MD5; stage again")
 
@@ -419,7 +426,7 @@ def _ends_file(member: tuple) -> int:
     return int(seg.offset + seg.length == entry.size)
 
 
-def _zstd_reader(raw: HashingReader) -> IO[bytes]:
+def _zstd_reader(raw: HashingReader) -> Readable:
     import zstandard
 
-    return zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20, read_across_frames=True)  # type: ignore[return-value]
+    return zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], raw), read_size=1 << 20, read_across_frames=True)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
+from waiting import PATIENCE, poll
+
 CHUNK = 64 * 1024
 # not passed on as they are (Host is: WebDAV's MOVE and COPY name a Destination on the host the client saw)
 HOP_BY_HOP = {
@@ -130,13 +132,10 @@ class RateLimitProxy:
                 return False
             return (w.until is None or time.monotonic() < w.until) and (w.remaining is None or w.remaining > 0)
 
-    def wait_over(self, timeout: float = 30.0) -> None:
+    def wait_over(self, timeout: float = PATIENCE) -> None:
         """Block until a timed or counted window has ended."""
-        deadline = time.monotonic() + timeout
-        while self.refusing:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the injection window is still open")
-            time.sleep(0.05)
+        if not poll(lambda: not self.refusing, timeout):
+            raise TimeoutError(f"the injection window is still open after {timeout:.0f}s")
 
     def reset_counts(self) -> None:
         with self._lock:

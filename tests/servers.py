@@ -12,8 +12,9 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
+
+from waiting import PATIENCE, poll
 
 from colab_magics.rclone.binary import find_rclone
 
@@ -26,18 +27,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_listening(proc: subprocess.Popen, port: int, what: str, log: Path, timeout: float) -> None:
+def wait_until_listening(proc: subprocess.Popen, port: int, what: str, log: Path, timeout: float = PATIENCE) -> None:
     """Poll until ``proc`` answers on 127.0.0.1:``port``; RuntimeError with its log if it exits or stays silent."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def answering() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited: {log.read_text(errors='replace')[-2000:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                return True
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not answer on port {port}")
+            return False
+
+    if not poll(answering, timeout):
+        raise RuntimeError(f"{what} did not answer on port {port} within {timeout:.0f}s")
 
 
 class Server:
@@ -78,7 +81,7 @@ class Server:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv + self.extra, stdout=log, stderr=log, env=env, start_new_session=True)
         Server.live_pids.add(self.proc.pid)
-        wait_until_listening(self.proc, self.port, f"rclone serve {self.kind}", self.log, 15)
+        wait_until_listening(self.proc, self.port, f"rclone serve {self.kind}", self.log)
         return self
 
     def kill(self) -> None:

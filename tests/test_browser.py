@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 from browsers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, require_browser
 from servers import Server
+from waiting import PATIENCE, poll
 
 pytestmark = pytest.mark.browser
 
@@ -131,18 +132,18 @@ def lab(tmp_path):
             start_new_session=True,
         )  # fmt: skip
     server = Lab(f"http://127.0.0.1:{port}", token, root, remote, log)
+    def answering() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"JupyterLab exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            server.request("/api/status")
+            return True
+        except (urllib.error.URLError, OSError):
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"JupyterLab exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                server.request("/api/status", timeout=1)
-                break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"JupyterLab did not answer in 60s:\n{log.read_text()[-3000:]}")
-                time.sleep(0.2)
+        if not poll(answering, 2 * PATIENCE):
+            pytest.fail(f"JupyterLab did not answer in {2 * PATIENCE:.0f}s:\n{log.read_text()[-3000:]}")
         yield server
     finally:
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):  # a server already gone: the group goes below
@@ -187,13 +188,13 @@ def test_sync_now_in_jupyterlab_while_the_persist_cell_runs(lab):
             panel = page.locator(".cm-panel")
             prompt = page.locator(".jp-CodeCell").nth(1).locator(".jp-InputArea-prompt")
             expect(panel).to_be_visible(timeout=60_000)
-            expect(outputs.get_by_text("training until the release file appears")).to_be_visible(timeout=30_000)
+            expect(outputs.get_by_text("training until the release file appears")).to_be_visible(timeout=60_000)
             assert (lab.root / "outputs" / "first.txt").exists()
             assert _manifest_paths(lab.remote) is None, "synced before the click: the interval is an hour"
 
             (lab.root / "outputs" / "new.txt").write_text("written by the test, after the cell started")
             page.locator("button.cm-sync-now, .cm-sync-now button").click()
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + PATIENCE  # the page's own wait: Playwright's events go on meanwhile
             while _manifest_paths(lab.remote) != {"first.txt", "new.txt"} and time.monotonic() < deadline:
                 page.wait_for_timeout(100)
             assert _manifest_paths(lab.remote) == {"first.txt", "new.txt"}, (
@@ -201,8 +202,8 @@ def test_sync_now_in_jupyterlab_while_the_persist_cell_runs(lab):
             )
 
             row = panel.locator(".cm-row", has_text="persist outputs")
-            expect(row.locator(".cm-detail")).to_contain_text(FRESH, timeout=15_000)
-            expect(panel.locator(".cm-header .cm-state")).to_contain_text("synced", timeout=15_000)
+            expect(row.locator(".cm-detail")).to_contain_text(FRESH, timeout=60_000)
+            expect(panel.locator(".cm-header .cm-state")).to_contain_text("synced", timeout=60_000)
             expect(panel.locator(".cm-header .cm-safe")).to_have_text("safe to disconnect")
             # The cell is still running.  (Not read from the status bar: the click's busy/idle pair,
             # sent from the kernel subshell that handled it, leaves it saying "Idle" meanwhile.)
@@ -212,7 +213,7 @@ def test_sync_now_in_jupyterlab_while_the_persist_cell_runs(lab):
             (lab.root / "release").write_text("")
             expect(prompt).to_have_text("[2]:", timeout=60_000)
             expect(outputs.get_by_text(re.compile(r"final sync at "))).to_be_visible(timeout=60_000)
-            expect(page.get_by_text(IDLE)).to_be_visible(timeout=30_000)
+            expect(page.get_by_text(IDLE)).to_be_visible(timeout=60_000)
             expect(outputs.get_by_text(re.compile(r"^released$", re.MULTILINE))).to_have_count(1)
             assert _manifest_paths(lab.remote) == {"first.txt", "new.txt"}
         except BaseException:

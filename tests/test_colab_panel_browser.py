@@ -22,6 +22,7 @@ import kernels
 import pytest
 from browsers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, require_browser
 from servers import Server
+from waiting import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -42,13 +43,6 @@ PROXY = (
 def _paths(remote: Path) -> set[str]:
     manifest = remote / "outputs" / "manifest.json"
     return {f["path"] for f in json.loads(manifest.read_text())["files"]} if manifest.exists() else set()
-
-
-def _until(check, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
-        time.sleep(0.1)
 
 
 @contextlib.contextmanager
@@ -93,7 +87,7 @@ def test_colab_panel_acts_while_the_persist_cell_runs_and_stays_live_after(tmp_p
         page_folder.mkdir()
         (page_folder / "index.html").write_text(f"<!doctype html><html><body>{PROXY}{panel_html}</body></html>")
         ARTIFACTS.mkdir(exist_ok=True)
-        _until(lambda: "first.txt" in _paths(remote), "the first sync of the running cell")
+        wait_until(lambda: "first.txt" in _paths(remote), "the first sync of the running cell")
         with _served(page_folder) as url, sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1100, "height": 500})
@@ -103,20 +97,20 @@ def test_colab_panel_acts_while_the_persist_cell_runs_and_stays_live_after(tmp_p
                 expect(row).to_be_visible(timeout=60_000)
                 pause = page.get_by_role("button", name="Pause")
                 pause.click()
-                expect(page.get_by_role("button", name="Resume")).to_be_visible(timeout=30_000)
-                time.sleep(2)  # a sync that had already started when Pause was clicked may still finish
+                # "Resume" shows once the persist rests paused: a sync running when Pause was clicked has ended
+                expect(page.get_by_role("button", name="Resume")).to_be_visible(timeout=60_000)
                 (work / "outputs" / "during-pause.txt").write_text("paused")
-                time.sleep(10)  # more than three intervals: no background sync may take it
+                time.sleep(10)  # a window to watch, not a wait: no background sync may take it in three intervals
                 assert "during-pause.txt" not in _paths(remote)
                 page.get_by_role("button", name="Sync now").click()  # a sync on request works while paused
-                _until(lambda: "during-pause.txt" in _paths(remote), "Sync now while the cell runs")
+                wait_until(lambda: "during-pause.txt" in _paths(remote), "Sync now while the cell runs")
                 with pytest.raises(queue.Empty):  # all this while the cell is still running
                     kc.get_shell_msg(timeout=0.1)
                 expect(page.locator(".cm-message")).to_contain_text("syncing 1 persist(s) now")
                 page.get_by_role("button", name="Resume").click()
-                expect(page.get_by_role("button", name="Pause")).to_be_visible(timeout=30_000)
+                expect(page.get_by_role("button", name="Pause")).to_be_visible(timeout=60_000)
                 (work / "outputs" / "after-resume.txt").write_text("resumed")
-                _until(lambda: "after-resume.txt" in _paths(remote), "a background sync after Resume")
+                wait_until(lambda: "after-resume.txt" in _paths(remote), "a background sync after Resume")
                 page.screenshot(path=str(ARTIFACTS / "colab_panel.png"))
                 (work / "release").write_text("")
                 reply = kc.get_shell_msg(timeout=120)

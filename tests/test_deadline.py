@@ -9,27 +9,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from waiting import ManualClock, delivered
+
 import colab_magics
 from colab_magics.events import EventBus
 from colab_magics.host.deadline import DeadlineWatch, runtime_end
 from colab_magics.notebook.status import StatusBoard
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_margin_fires_once_and_the_header_shows_the_time_left():
-    clock, calls, events = _Clock(), [], EventBus()
+    clock, calls, events = ManualClock(), [], EventBus()
     board = StatusBoard(events)
     watch = DeadlineWatch(clock.now + 3600, lambda: calls.append(clock.now), margin=900, events=events, clock=clock)
     try:
         watch.start()
-        events.flush()
+        delivered(events)
         assert board.overall().runtime_left(clock.now) == "runtime ends in about an hour"
         clock.now += 2600
         assert not watch.check() and calls == []

@@ -17,6 +17,7 @@ pytest.importorskip("ipykernel", reason="ipykernel is a test dependency")
 pytest.importorskip("ipywidgets")
 
 from kernels import kernel_env, running  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 from colab_magics.notebook.panel import PANEL_TEXT, WAITS_FOR_THE_CELL  # noqa: E402
 
@@ -78,17 +79,12 @@ def test_sync_now_works_while_the_persist_cell_runs(tmp_path):
         assert not says_it_waits
         manifest = remote / "outputs" / "manifest.json"
         assert not manifest.exists()  # nothing synced yet: interval is an hour
-        deadline = time.monotonic() + 60  # the click comes once the cell has written its first file
-        while time.monotonic() < deadline and not (workdir / "ready").exists():
-            time.sleep(0.05)
+        wait_until((workdir / "ready").exists, "the cell's first file")  # the click comes once it is written
         click = kc.session.msg(
             "comm_msg", {"comm_id": buttons["Sync now"], "data": {"method": "custom", "content": {"event": "click"}}}
         )
         kc.shell_channel.send(click)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not manifest.exists():
-            time.sleep(0.1)
-        assert manifest.exists(), "Sync now was not handled while the cell was running"
+        wait_until(manifest.exists, "Sync now handled while the cell was running")
         files = {f["path"] for f in json.loads(manifest.read_text())["files"]}
         assert files == {"first.txt"}, manifest.read_text()
         (workdir / "release").write_text("")

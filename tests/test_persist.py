@@ -10,6 +10,7 @@ import time
 import pytest
 from IPython.core.error import UsageError
 from trees import snapshot
+from waiting import PATIENCE, ManualClock, wait_until
 
 import colab_magics as cm
 from colab_magics import errors
@@ -20,6 +21,15 @@ from colab_magics.persist import Persister
 def _remote_files(folder) -> dict[str, int]:
     manifest = Manifest.from_json((folder / "manifest.json").read_bytes(), "t")
     return {f.path: f.size for f in manifest.files}
+
+
+def _remote_files_if_any(folder) -> dict[str, int]:
+    """As :func:`_remote_files`, but empty until a first manifest has landed whole (read from the
+    server's folder while the server writes it, it may be incomplete)."""
+    try:
+        return _remote_files(folder)
+    except (FileNotFoundError, errors.ManifestError):
+        return {}
 
 
 def test_cell_outputs_end_flushed_and_verified(ip, tmp_path, capsys, monkeypatch):
@@ -109,18 +119,9 @@ def test_background_sync_while_the_cell_runs(remote, tmp_path, monkeypatch):
     p.start()
     try:
         (local / "ckpt-1.pt").write_bytes(os.urandom(30_000))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if "ckpt-1.pt" in _remote_files(remote.folder / "run"):
-                    break
-            except (FileNotFoundError, errors.ManifestError):
-                pass
-            time.sleep(0.1)
-        assert "ckpt-1.pt" in _remote_files(remote.folder / "run")  # synced while still "running"
+        wait_until(lambda: "ckpt-1.pt" in _remote_files_if_any(remote.folder / "run"), "a background sync")
         (local / "ckpt-2.pt").write_bytes(os.urandom(1000))
-        time.sleep(0.1)
-        outcome = p.trigger().result(timeout=30)  # the panel's "Sync now"
+        outcome = p.trigger().result(timeout=PATIENCE)  # the panel's "Sync now": a sync that starts after it
         assert "ckpt-2.pt" in _remote_files(remote.folder / "run") and outcome.result.files == 2
         assert p.status().syncs >= 2 and p.status().last_sync is not None
     finally:
@@ -171,23 +172,13 @@ def test_expired_lock_of_a_dead_kernel_does_not_block(tmp_path):
     p.stop()
 
 
-class _Clock:
-    """A wall clock that moves only when told: lock expiry without sleeping, however busy the machine."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_lock_left_by_a_persist_of_this_process_expires(tmp_path):
-    clock = _Clock()
+    clock = ManualClock(time.time())
     abandoned = Persister(tmp_path / "out", every=3600, lock_ttl=60, clock=clock)
     abandoned.start()
     abandoned._stop.set()  # its thread ends without a final sync or a release, as if it were forgotten
     abandoned._wake.set()
-    abandoned._thread.join(10)
+    abandoned._thread.join(PATIENCE)
     clock.now += 59  # however long the rclone calls above took, the lock has 1 s left on this clock
     with pytest.raises(errors.LockHeld, match=r"lock expires in [12]s"):
         Persister(tmp_path / "out", every=3600, clock=clock).start()
@@ -198,6 +189,7 @@ def test_lock_left_by_a_persist_of_this_process_expires(tmp_path):
 
 
 def _appending(path, stop, block=2048):
+    """Append to ``path`` until ``stop``, paced like a training log (the sleep paces; it waits for nothing)."""
     with open(path, "ab") as fh:
         while not stop.is_set():
             fh.write(os.urandom(block))
@@ -218,7 +210,7 @@ def test_file_changing_while_read_keeps_previous_version(tmp_path):
     writer = threading.Thread(target=_appending, args=(big, stop, 256 << 10))
     writer.start()
     try:
-        time.sleep(0.05)
+        wait_until(lambda: big.stat().st_size > len(first), "the writer's first append")
         outcome = p.sync()  # tolerant: no error; the file changed while read is left for later
     finally:
         stop.set()
@@ -243,7 +235,7 @@ def test_a_log_appended_every_millisecond_is_still_synced(tmp_path):
     writer = threading.Thread(target=_appending, args=(log, stop))
     writer.start()
     try:
-        time.sleep(0.05)
+        wait_until(lambda: log.stat().st_size > len(b"start\n"), "the writer's first append")
         synced = [p.sync() for _ in range(3)]
     finally:
         stop.set()

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from waiting import ManualClock
 
 from colab_magics.errors import RemoteUnreachable
 from colab_magics.events import plausible_eta
 from colab_magics.rclone.process import Reachability, _remote_in
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _watch(answers: list[str | None], limit: float = 60.0):
-    clock, notes, probes = Clock(), [], []
+    clock, notes, probes = ManualClock(1000.0), [], []
 
     def probe() -> str | None:
         probes.append(clock.now)

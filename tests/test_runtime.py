@@ -10,10 +10,11 @@ import time
 
 import pytest
 from trees import make_tree
+from waiting import PATIENCE, delivered, wait_until
 
 import colab_magics as cm
 from colab_magics import errors
-from colab_magics.events import Event, EventBus, Progress
+from colab_magics.events import Direction, Event, EventBus, Kind, Progress
 from colab_magics.packed.manifest import Manifest
 from colab_magics.rclone import process as runner
 from colab_magics.rclone.binary import find_rclone
@@ -25,17 +26,37 @@ def _rclone_children() -> list[str]:
     return [line for line in out.splitlines() if "rclone" in line and " serve " not in line]
 
 
+class _CancelMidTransfer:
+    """Cancels a job at its first progress event with bytes moved: mid-transfer, however slowly it started."""
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self.done_bytes = 0  # what had moved when it cancelled
+        self.at = 0.0  # when (monotonic)
+        self.bus = EventBus()
+        self.bus.subscribe(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind is Kind.PROGRESS and event.progress.done_bytes > 0 and not self.cancel.is_set():
+            self.done_bytes, self.at = event.progress.done_bytes, time.monotonic()
+            self.cancel.set()
+
+
 def test_cancel_stops_the_child_and_cleans_up(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    (src / "big.bin").write_bytes(os.urandom(4 << 20))
-    cancel = threading.Event()
-    threading.Timer(0.5, cancel.set).start()
-    rc = runner.Rclone(flags=["--bwlimit", "200k"])
-    t0 = time.monotonic()
-    with pytest.raises(errors.TransferCancelled):
-        cm.push(src, str(tmp_path / "remote" / "out"), rclone=rc, cancel=cancel)
-    assert time.monotonic() - t0 < 10
+    size, rate = 4 << 20, 200 << 10  # rate: the --bwlimit below, in bytes per second
+    (src / "big.bin").write_bytes(os.urandom(size))
+    mid = _CancelMidTransfer()
+    rc = runner.Rclone(flags=["--bwlimit", "200Ki"])
+    try:
+        with pytest.raises(errors.TransferCancelled):
+            cm.push(src, str(tmp_path / "remote" / "out"), rclone=rc, events=mid.bus, cancel=mid.cancel)
+    finally:
+        mid.bus.close()
+    assert mid.cancel.is_set(), "cancelled before any byte moved: the test did not test a running transfer"
+    # the child was stopped, not waited for: the rest of the upload would have taken this long
+    assert time.monotonic() - mid.at < (size - mid.done_bytes) / rate
     assert not runner._live and not _rclone_children()
     leftovers = [p for p in (tmp_path / "remote").rglob("*") if p.is_file()]
     assert not leftovers  # no temporary upload and nothing at the final name
@@ -44,11 +65,14 @@ def test_cancel_stops_the_child_and_cleans_up(tmp_path):
 def test_cancelled_packed_stage_leaves_dest_and_no_children(tmp_path):
     src = make_tree(tmp_path / "src", small=5, big=3 << 20, odd=False)
     cm.push(src, "ds", pack=True, part_size=1 << 20)
-    cancel = threading.Event()
-    threading.Timer(0.4, cancel.set).start()
+    mid = _CancelMidTransfer()
     rc = runner.Rclone(flags=["--bwlimit", "500k"])
-    with pytest.raises(errors.TransferCancelled):
-        cm.stage("ds", tmp_path / "dest", rclone=rc, cancel=cancel)
+    try:
+        with pytest.raises(errors.TransferCancelled):
+            cm.stage("ds", tmp_path / "dest", rclone=rc, events=mid.bus, cancel=mid.cancel)
+    finally:
+        mid.bus.close()
+    assert mid.cancel.is_set() and mid.done_bytes < 3 << 20  # cancelled part-way
     assert not (tmp_path / "dest").exists()
     assert not runner._live and not _rclone_children()
 
@@ -60,7 +84,7 @@ def test_progress_events_describe_the_job(tmp_path):
     bus.subscribe(seen.append)
     cm.push(src, "ds", pack=True, part_size=1 << 20, events=bus)
     cm.stage("ds", tmp_path / "dest", events=bus)
-    assert bus.flush()
+    delivered(bus)
     bus.close()
     kinds = [(e.name.split()[0], e.kind) for e in seen]
     assert kinds[0] == ("push", "started") and ("push", "finished") in kinds and kinds[-1] == ("stage", "finished")
@@ -77,7 +101,7 @@ def test_rclone_stats_become_progress(tmp_path):
     seen: list[Event] = []
     bus.subscribe(seen.append)
     cm.push(src, str(tmp_path / "remote" / "plain"), rclone=runner.Rclone(flags=["--bwlimit", "1M"]), events=bus)
-    bus.flush()
+    delivered(bus)
     bus.close()
     stats = [e.progress for e in seen if e.kind == "progress" and e.progress.rate > 0]
     assert stats, "rclone's JSON stats should arrive while the copy runs"
@@ -87,20 +111,30 @@ def test_rclone_stats_become_progress(tmp_path):
 def test_a_slow_listener_never_slows_publishing():
     bus = EventBus()
     got: list[Event] = []
+    release = threading.Event()
 
-    def slow(event: Event) -> None:
-        time.sleep(0.2)
+    def stuck(event: Event) -> None:  # a listener that does not return until the test lets it
+        release.wait(PATIENCE)
         got.append(event)
 
-    bus.subscribe(slow)
-    t0 = time.monotonic()
-    for i in range(5000):
-        bus.publish(Event(1, "job", "up", "progress", Progress(done_bytes=i)))
-    bus.publish(Event(1, "job", "up", "finished", message="done"))
-    assert time.monotonic() - t0 < 1.0
-    assert bus.flush(timeout=5)
+    def publish() -> None:
+        for i in range(5000):
+            bus.publish(Event(1, "job", Direction.UP, Kind.PROGRESS, Progress(done_bytes=i)))
+        bus.publish(Event(1, "job", Direction.UP, Kind.FINISHED, message="done"))
+
+    bus.subscribe(stuck)
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    publisher.join(PATIENCE)
+    published = not publisher.is_alive()  # all 5001 published while the listener was stuck
+    release.set()
+    publisher.join()
+    assert published, "publishing waited for the listener"
+    delivered(bus)
     bus.close()
-    assert got[-1].kind == "finished" and len(got) < 10  # progress collapsed, order kept
+    assert got[-1].kind is Kind.FINISHED and got[-1].message == "done"
+    progress = [e.progress.done_bytes for e in got if e.kind is Kind.PROGRESS]
+    assert progress == sorted(progress) and progress[-1] == 4999 and len(got) <= 3  # collapsed, order kept
 
 
 def test_a_broken_listener_does_not_break_transfers(tmp_path):
@@ -112,6 +146,7 @@ def test_a_broken_listener_does_not_break_transfers(tmp_path):
 
 
 def _keep_appending(path, stop):
+    """Append to ``path`` until ``stop`` (the sleep paces the writer; it waits for nothing)."""
     with open(path, "ab") as fh:
         while not stop.is_set():
             fh.write(os.urandom(4096))
@@ -133,9 +168,10 @@ def test_file_growing_during_upload_is_not_reported_done(tmp_path, pack, remote)
     )
     stop = threading.Event()
     writer = threading.Thread(target=_keep_appending, args=(log, stop))
+    size = log.stat().st_size
     writer.start()
     try:
-        time.sleep(0.05)
+        wait_until(lambda: log.stat().st_size > size, "the writer's first append")
         with pytest.raises(errors.SourceChanged, match="train.log"):
             cm.push(src, dest, pack=pack, rclone=runner.Rclone(flags=["--bwlimit", "20M"]))
     finally:

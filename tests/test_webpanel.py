@@ -7,8 +7,10 @@ import urllib.error
 import urllib.request
 
 import pytest
+from waiting import delivered
 
-from colab_magics.events import EventBus, Job
+from colab_magics.events import Direction, EventBus, Job
+from colab_magics.jobs import Result
 from colab_magics.notebook.panel import render_html
 from colab_magics.notebook.status import StatusBoard
 from colab_magics.notebook.webpanel import WebPanel
@@ -45,8 +47,9 @@ def _ask(panel: WebPanel, path: str, method: str = "GET", token: str | None = No
 
 def test_state_and_actions_behind_a_token(served):
     panel, events, clicks, _ = served
-    Job("push model.pt", "up", events, where="remote").finish("pushed 1 file")
-    events.flush()
+    pushed = Result("pushed", "model.pt", "r:m", "file", 1, 9, 0.1)
+    Job("push model.pt", Direction.UP, events, where="remote").finish(pushed)
+    delivered(events)
     status, state = _ask(panel, "state")
     assert status == 200 and "push model.pt" in state["html"] and "safe to disconnect" in state["html"]
     assert _ask(panel, "action?do=sync", "POST") == (200, {"ok": True, "message": "syncing 1 persist(s) now"})
@@ -68,13 +71,15 @@ def test_the_output_carries_the_port_and_token_and_a_text_form_that_never_goes_s
 def test_a_failed_row_can_be_dismissed_and_a_later_success_on_its_target_clears_it(served):
     panel, events, _, board = served
     Job("stage flowerz", "down", events, target="/content/data").fail("datasets/flowerz does not exist")
-    events.flush()
+    delivered(events)
     html = _ask(panel, "state")[1]["html"]
     assert "datasets/flowerz does not exist" in html and "data-key='/content/data'" in html
     assert _ask(panel, "action?do=dismiss&key=%2Fcontent%2Fdata", "POST")[1]["message"] == "dismissed"
     assert "flowerz" not in _ask(panel, "state")[1]["html"]
     Job("stage flowerz", "down", events, target="/content/data").fail("datasets/flowerz does not exist")
-    Job("stage flowers", "down", events, target="/content/data").finish("staged 3 files")
-    events.flush()
+    Job("stage flowers", Direction.DOWN, events, target="/content/data").finish(
+        Result("staged", "r:flowers", "/content/data", "packed", 3, 30, 0.5)
+    )
+    delivered(events)
     rows = board.rows()
     assert [(r.name, r.state, r.error) for r in rows] == [("stage flowers", "done", "")]

@@ -81,7 +81,7 @@ class ThirdPartyServer(ABC):
             )
         Server.live_pids.add(self.proc.pid)
         try:
-            wait_until_listening(self.proc, self.port, self.name, self.log, 60)
+            wait_until_listening(self.proc, self.port, self.name, self.log)
         except RuntimeError:
             self.stop()
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -93,3 +94,12 @@ def snapshot(root: Path, *, modes: bool = True, mtimes: bool = True, links: bool
                     st.st_mtime_ns if mtimes else None,
                 )
     return out
+
+
+def parts_staged(dest: Path) -> int:
+    """How many whole parts a stage into ``dest`` has recorded for a resume so far (0 before any)."""
+    progress = dest.parent / f".{dest.name}.cm-stage" / "progress.json"
+    try:
+        return len(json.loads(progress.read_text())["done"])
+    except (OSError, ValueError, KeyError):  # not written yet, or being replaced
+        return 0

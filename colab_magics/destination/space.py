@@ -11,6 +11,7 @@ nothing, and then nothing is refused: the upload's own error stays loud.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -22,6 +23,8 @@ from ..errors import ColabMagicsError, NoRoom
 from ..jobs import Context
 from ..rclone import remotes
 from ..rclone.process import Rclone
+
+logger = logging.getLogger(__name__)
 
 FRESH_SECONDS = 600.0  # a measure younger than this is reused where the upload is small next to it
 
@@ -50,16 +53,14 @@ def measure(rclone: Rclone, dest: str) -> Room | None:
     if not remotes.remote_info(rclone, dest).about:  # S3, most WebDAV servers
         return None
     try:
-        about = rclone.json("about", "--json", dest)
+        about = rclone.about(dest)
     except ColabMagicsError:  # a folder not made yet (SFTP asks df about the path itself): its parent
         try:
-            about = rclone.json("about", "--json", remotes.parent(dest)[0])
-        except ColabMagicsError:  # unknown, not zero
+            about = rclone.about(remotes.parent(dest)[0])
+        except ColabMagicsError as exc:  # unknown, not zero
+            logger.debug("room at %s unknown: %s", dest, exc)
             return None
-    if not isinstance(about, dict) or about.get("free") is None:
-        return None
-    trashed = about.get("trashed")
-    return Room(int(about["free"]), int(trashed) if isinstance(trashed, (int, float)) else None)
+    return None if about.free is None else Room(about.free, about.trashed)
 
 
 _measured: dict[str, tuple[float, Room | None]] = {}  # dest -> (monotonic time, room)

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable
 
-from ..events import Event, EventBus, bus
+from ..events import Direction, Event, EventBus, Kind, bus
 from ..units import parse_duration
 from .colab import on_colab
 
@@ -85,7 +85,7 @@ class DeadlineWatch:
         self._thread: threading.Thread | None = None
 
     def start(self) -> DeadlineWatch:
-        self._events.publish(Event(0, DEADLINE_JOB, "", "deadline", at=self.end))
+        self._events.publish(Event(0, DEADLINE_JOB, Direction.NONE, Kind.DEADLINE, at=self.end))
         if not self.check():
             self._thread = threading.Thread(target=self._loop, name="colab_magics-deadline", daemon=True)
             self._thread.start()

@@ -24,10 +24,15 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from enum import Enum
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, cast
 
 from ..errors import ColabMagicsError, UnsafeArchive, UnsupportedArchive, VerificationError
+from ..streams import Readable
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 CHUNK = 1 << 20
 _DISK_MARGIN = 64 << 20  # kept free (at most 5% of a small disk)
@@ -114,7 +119,7 @@ class Extractor:
     def write_file(
         self,
         rel: str,
-        data: IO[bytes],
+        data: Readable,
         size: int,
         mode: int,
         mtime_ns: int | None,
@@ -144,7 +149,6 @@ class Extractor:
         size: int,
         mode: int,
         mtime_ns: int,
-        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         """A sparse member (GNU or PAX 0.0, 0.1, 1.0): only its data blocks are written, at their
         offsets, and its holes stay holes, as GNU tar leaves them; the space check counts the data."""
@@ -153,7 +157,7 @@ class Extractor:
             for offset, length in blocks:
                 data.seek(offset)
                 os.lseek(fd, offset, os.SEEK_SET)
-                self._copy(fd, data, length, rel, None, on_bytes)
+                self._copy(fd, data, length, rel, None, None)
             os.ftruncate(fd, size)
             os.fchmod(fd, mode & 0o777)
             os.utime(fd, ns=(mtime_ns, mtime_ns))
@@ -178,7 +182,7 @@ class Extractor:
             os.close(fd)
 
     def _copy(
-        self, fd: int, data: IO[bytes], length: int, rel: str, digest: Any, on_bytes: Callable[[int], None] | None
+        self, fd: int, data: Readable, length: int, rel: str, digest: Any, on_bytes: Callable[[int], None] | None
     ) -> None:
         """``length`` bytes of ``data`` to ``fd`` at its position (hashed into ``digest`` if given)."""
         left = length
@@ -247,7 +251,7 @@ class Extractor:
             os.chmod(os.path.join(self.root, rel), mode | stat.S_IRWXU)
 
 
-def extract_tar(stream: IO[bytes], ex: Extractor, on_bytes: Callable[[int], None] | None = None) -> int:
+def extract_tar(stream: Readable, ex: Extractor) -> int:
     """Extract a whole tar stream (plain or compressed: gzip, bzip2, xz, zstd, found by their magic
     bytes) into ``ex``; returns the number of files written.  The compressed stream is read to its
     very end, every member, stream or frame of it, so an archive cut short is an error, not a
@@ -255,7 +259,7 @@ def extract_tar(stream: IO[bytes], ex: Extractor, on_bytes: Callable[[int], None
     data = decompressed(stream, ex.what)
     try:
         with tarfile.open(fileobj=data, mode="r|", bufsize=CHUNK) as tf:
-            files = _extract_members(tf, ex, on_bytes)
+            files = _extract_members(tf, ex)
         while data.read(CHUNK):  # what follows the tar's end: padding, and the end markers to check
             pass
     except (EOFError, OSError, lzma.LZMAError, zlib.error, tarfile.TarError) as exc:
@@ -272,24 +276,25 @@ def extract_tar(stream: IO[bytes], ex: Extractor, on_bytes: Callable[[int], None
 class _Prefixed(io.RawIOBase):
     """A stream with its first bytes read already (to find the compression) put back in front."""
 
-    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+    def __init__(self, head: bytes, rest: Readable) -> None:
         self._head = head
         self._rest = rest
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        view = memoryview(buffer).cast("B")
         if self._head:
-            n = min(len(buffer), len(self._head))
-            buffer[:n], self._head = self._head[:n], self._head[n:]
+            n = min(len(view), len(self._head))
+            view[:n], self._head = self._head[:n], self._head[n:]
             return n
-        data = self._rest.read(len(buffer))
-        buffer[: len(data)] = data
+        data = self._rest.read(len(view))
+        view[: len(data)] = data
         return len(data)
 
 
-def decompressed(stream: IO[bytes], what: str) -> IO[bytes]:
+def decompressed(stream: Readable, what: str) -> IO[bytes]:
     """The bytes of ``stream`` decompressed, by its magic bytes (names lie), with every member read:
     Python's gzip, bz2 and lzma readers take multi-member files (pigz, pbzip2, ``cat a.gz b.gz``) and
     raise where the data stops before an end marker; zstd frames are checked by :class:`_ZstdFrames`."""
@@ -300,15 +305,16 @@ def decompressed(stream: IO[bytes], what: str) -> IO[bytes]:
             break
         head += more
     raw = io.BufferedReader(_Prefixed(head, stream), CHUNK)
+    opened: io.IOBase = raw
     if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if head.startswith(b"BZh"):
-        return bz2.BZ2File(raw)  # type: ignore[return-value]
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(raw)  # type: ignore[return-value]
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return _ZstdFrames(raw, what)  # type: ignore[return-value]
-    return raw  # type: ignore[return-value]
+        opened = gzip.GzipFile(fileobj=raw, mode="rb")
+    elif head.startswith(b"BZh"):
+        opened = bz2.BZ2File(raw)
+    elif head.startswith(b"\xfd7zXZ\x00"):
+        opened = lzma.LZMAFile(raw)
+    elif head.startswith(b"\x28\xb5\x2f\xfd"):
+        opened = _ZstdFrames(raw, what)
+    return cast(IO[bytes], opened)  # every one of them reads bytes, which is all tarfile asks
 
 
 class _ZstdFrames(io.RawIOBase):
@@ -321,13 +327,13 @@ class _ZstdFrames(io.RawIOBase):
 
         self._watch = _FrameWatch()
         self._raw = raw
-        tee = _Tee(raw, self._watch.feed)
+        tee = cast(IO[bytes], _Tee(raw, self._watch.feed))  # zstandard reads it with read() alone
         self._reader = zstandard.ZstdDecompressor().stream_reader(tee, read_size=CHUNK, read_across_frames=True)
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
         n = self._reader.readinto(buffer)
         if n == 0 and not self._watch.complete():
             raise EOFError("the zstd data ends inside a frame")
@@ -337,7 +343,7 @@ class _ZstdFrames(io.RawIOBase):
 class _Tee:
     """Reads through to ``raw`` and shows every byte read to ``see``."""
 
-    def __init__(self, raw: IO[bytes], see: Callable[[bytes], None]) -> None:
+    def __init__(self, raw: Readable, see: Callable[[bytes], None]) -> None:
         self._raw = raw
         self._see = see
 
@@ -345,6 +351,19 @@ class _Tee:
         data = self._raw.read(n)
         self._see(data)
         return data
+
+
+class _Field(Enum):
+    """The field of a zstd frame the follower reads next."""
+
+    MAGIC = "magic number"
+    SKIPPABLE_SIZE = "skippable frame size"
+    DESCRIPTOR = "frame header descriptor"
+    HEADER = "rest of the frame header"  # its width is read from the descriptor
+    BLOCK_HEADER = "block header"
+
+
+_WIDTH = {_Field.MAGIC: 4, _Field.SKIPPABLE_SIZE: 4, _Field.DESCRIPTOR: 1, _Field.BLOCK_HEADER: 3}
 
 
 class _FrameWatch:
@@ -355,11 +374,11 @@ class _FrameWatch:
         self._need = 0  # bytes to skip before the next header
         self._header_size = 0
         self._buf = b""
-        self._state = "magic"
+        self._state = _Field.MAGIC
         self._checksum = False
 
     def complete(self) -> bool:
-        return self._state == "magic" and self._need == 0 and not self._buf
+        return self._state is _Field.MAGIC and self._need == 0 and not self._buf
 
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
@@ -369,9 +388,7 @@ class _FrameWatch:
                 self._need -= step
                 view = view[step:]
                 continue
-            want = {"magic": 4, "descriptor": 1, "block": 3, "skippable": 4}.get(self._state, 0)
-            if self._state == "header":
-                want = self._header_size
+            want = self._header_size if self._state is _Field.HEADER else _WIDTH[self._state]
             take = min(want - len(self._buf), len(view))
             self._buf += bytes(view[:take])
             view = view[take:]
@@ -380,40 +397,40 @@ class _FrameWatch:
                 self._advance(buf)
 
     def _advance(self, buf: bytes) -> None:
-        if self._state == "magic":
+        if self._state is _Field.MAGIC:
             magic = int.from_bytes(buf, "little")
             if 0x184D2A50 <= magic <= 0x184D2A5F:
-                self._state = "skippable"
+                self._state = _Field.SKIPPABLE_SIZE
             elif magic == 0xFD2FB528:
-                self._state = "descriptor"
+                self._state = _Field.DESCRIPTOR
             else:
                 raise EOFError(f"not a zstd frame (magic {magic:#x})")
-        elif self._state == "skippable":
+        elif self._state is _Field.SKIPPABLE_SIZE:
             self._need = int.from_bytes(buf, "little")
-            self._state = "magic"
-        elif self._state == "descriptor":
+            self._state = _Field.MAGIC
+        elif self._state is _Field.DESCRIPTOR:
             d = buf[0]
             fcs_flag, single, did_flag = d >> 6, (d >> 5) & 1, d & 3
             self._checksum = bool((d >> 2) & 1)
             fcs = (1 if single else 0, 2, 4, 8)[fcs_flag]
             self._header_size = (0 if single else 1) + (0, 1, 2, 4)[did_flag] + fcs
-            self._state = "header" if self._header_size else "block"
-        elif self._state == "header":
-            self._state = "block"
-        elif self._state == "block":
+            self._state = _Field.HEADER if self._header_size else _Field.BLOCK_HEADER
+        elif self._state is _Field.HEADER:
+            self._state = _Field.BLOCK_HEADER
+        elif self._state is _Field.BLOCK_HEADER:
             header = int.from_bytes(buf, "little")
             last, kind, size = header & 1, (header >> 1) & 3, header >> 3
             self._need = 1 if kind == 1 else size  # an RLE block holds one byte
             if last:
                 self._need += 4 if self._checksum else 0
-                self._state = "magic"
+                self._state = _Field.MAGIC
 
 
 _SKIPPED_TYPES = (b"V", b"A", b"M", b"N")  # volume label, Solaris ACL, multi-volume and old GNU names: metadata
 _REFUSED_TYPES = (tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE)
 
 
-def _extract_members(tf: tarfile.TarFile, ex: Extractor, on_bytes: Callable[[int], None] | None) -> int:
+def _extract_members(tf: tarfile.TarFile, ex: Extractor) -> int:
     """Every member in archive order: a later entry at a path replaces an earlier one, as GNU tar does."""
     files = 0
     for member in tf:
@@ -441,10 +458,11 @@ def _extract_members(tf: tarfile.TarFile, ex: Extractor, on_bytes: Callable[[int
                 assert fileobj is not None
                 mtime = int(member.mtime * 1e9)
                 if member.sparse is not None:  # its raw reader seeks over the holes, which a stream cannot
-                    raw = fileobj.raw  # type: ignore[attr-defined]
-                    ex.write_sparse(rel, raw, member.sparse, member.size, member.mode, mtime, on_bytes)
+                    raw = cast(IO[bytes], getattr(fileobj, "raw"))  # tarfile's reader of the member's blocks
+                    blocks = cast("list[tuple[int, int]]", member.sparse)  # (typeshed says bytes)
+                    ex.write_sparse(rel, raw, blocks, member.size, member.mode, mtime)
                 else:
-                    ex.write_file(rel, fileobj, member.size, member.mode, mtime, on_bytes=on_bytes)
+                    ex.write_file(rel, fileobj, member.size, member.mode, mtime)
                 files += 1
     return files
 
@@ -470,7 +488,7 @@ def shown(name: str, limit: int = 120) -> str:
     return repr(name) if len(name) <= limit else repr(name[:limit]) + f"... ({len(name):,} characters)"
 
 
-def extract_zip(path: Path, ex: Extractor, on_bytes: Callable[[int], None] | None = None) -> int:
+def extract_zip(path: Path, ex: Extractor) -> int:
     """Extract a zip file into ``ex`` in archive order; symlinks stored by Unix zip tools are honoured
     safely.  An entry Python's zipfile cannot read (encrypted, deflate64, a bad CRC) is refused in one
     line that names it."""
@@ -500,7 +518,7 @@ def extract_zip(path: Path, ex: Extractor, on_bytes: Callable[[int], None] | Non
                     ex.claim(rel)
                     with zf.open(info) as fileobj:
                         mode = stat.S_IMODE(unix_mode) or 0o644
-                        ex.write_file(rel, fileobj, info.file_size, mode, _zip_mtime(info), on_bytes=on_bytes)
+                        ex.write_file(rel, fileobj, info.file_size, mode, _zip_mtime(info))
                     files += 1
     ex.finish()
     return files

@@ -16,27 +16,31 @@ import sys
 import threading
 import time
 from concurrent import futures
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, TypeVar, cast
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Int, Unicode
+from traitlets import Bool, Int, Unicode, default, observe
 
+from .. import log
 from ..destination.safety import Where
 from ..errors import ColabMagicsError
-from ..events import Event, bus
+from ..events import Direction, Event, Kind, bus
 from ..flush import FlushReport, flush
 from ..host import colab as host
 from ..host import deadline
 from ..host.deadline import DeadlineWatch
-from ..packed.manifest import DEFAULT_PART_SIZE
-from ..persist import MIN_EVERY, Persister
+from ..jobs import Result
+from ..options import FLUSH, PART_SIZE, PERSIST, PUSH, REMOTE, STAGE, SYNC_INTERVAL, WORKERS, Option, resolve
+from ..persist import Ending, Final, Persister, PersistState
 from ..push import push
 from ..rclone import process as runner
 from ..rclone import remotes
 from ..stage import RESUME_HINT, stage
-from ..units import format_duration, parse_duration, parse_size
+from ..units import format_duration
+from .controls import Controls
 from .panel import render_html, render_text
 from .status import StatusBoard
 from .text import ProgressPrinter
@@ -82,26 +86,59 @@ def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
+T = TypeVar("T")
+Magic = TypeVar("Magic", bound=Callable[..., Any])
+
+
+def _arguments(command: tuple[Option, ...]) -> Callable[[Magic], Magic]:
+    """A magic's arguments, from the table the CLI builds its own from (:mod:`colab_magics.options`)."""
+
+    def declare(magic: Magic) -> Magic:
+        for option in reversed(command):  # magic_arguments adds them in reverse order of decoration
+            flags, spec = option.argument()
+            magic = argument(*flags, **spec)(magic)
+        magic.options = command  # type: ignore[attr-defined]
+        return cast(Magic, magic_arguments()(magic))
+
+    return declare
+
+
+def _setting(option: Option) -> Any:
+    """A ``%config ColabMagics.<name>`` setting from the table; unset, the environment or the default decide."""
+    if option.setting is int:
+        return Int(None, allow_none=True, help=option.help_text()).tag(config=True)
+    return Unicode(help=option.help_text()).tag(config=True)
+
+
 @magics_class
 class ColabMagics(Magics):
     """``%drive_stage`` and ``%drive_push``."""
 
-    remote = Unicode(
-        help="Default remote root for names without ':' (default: COLAB_MAGICS_REMOTE, Drive on Colab, "
-        "else a local folder)."
-    ).tag(config=True)
-    part_size = Unicode(
-        _env("COLAB_MAGICS_PART_SIZE", "4G"), help="Largest tar part of a packed dataset (4G, 512M, ...)."
-    ).tag(config=True)
-    workers = Int(int(_env("COLAB_MAGICS_WORKERS", "4")), help="Parts staged at once.").tag(config=True)
-    sync_interval = Unicode(
-        _env("COLAB_MAGICS_SYNC_INTERVAL", "5m"), help="How often %%persist syncs (30s, 5m, 1h)."
+    remote = _setting(REMOTE)
+    part_size = _setting(PART_SIZE)
+    workers = _setting(WORKERS)
+    sync_interval = _setting(SYNC_INTERVAL)
+    debug = Bool(
+        help="The debug trace: every rclone call (secrets hidden) and sync decision, with times and threads, to "
+        "stderr or to the file COLAB_MAGICS_DEBUG names (default: on when COLAB_MAGICS_DEBUG is set)."
     ).tag(config=True)
 
-    def __init__(self, shell: object = None, **kwargs: object) -> None:
+    @default("debug")
+    def _debug_default(self) -> bool:
+        return log.enabled()
+
+    @observe("debug")
+    def _debug_changed(self, change: dict) -> None:
+        if change["new"]:
+            log.turn_on()
+        else:
+            log.disable()
+
+    def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self._persisters: set[Persister] = set()
         self.board = StatusBoard()
+        self.controls = Controls(self.board, lambda: list(self._persisters), self._flush)
         self._panel: Any = None
         self._panel_shown = False  # once a session; %drive_status shows it again
         self._warned = False  # the "this machine only" warning is said once a session
@@ -124,7 +161,7 @@ class ColabMagics(Magics):
         try:
             return flush(running)
         finally:
-            self._persisters.difference_update(p for p in running if p.status().state == "stopped")
+            self._persisters.difference_update(p for p in running if p.status().state == PersistState.STOPPED)
 
     def _before_the_end(self) -> None:
         """The margin before the runtime's estimated end: every persist syncs now, and what is on the
@@ -142,7 +179,8 @@ class ColabMagics(Magics):
         except ColabMagicsError:
             pass  # published by the sync or the flush that failed
         except Exception as exc:  # never a thread traceback in the notebook
-            bus.publish(Event(0, deadline.DEADLINE_JOB, "up", "failed", message=str(exc) or type(exc).__name__))
+            failed = Event(0, deadline.DEADLINE_JOB, Direction.UP, Kind.FAILED, message=str(exc) or type(exc).__name__)
+            bus.publish(failed)
 
     # -- shared plumbing --------------------------------------------------------------------
     def _root(self) -> str | None:
@@ -201,11 +239,11 @@ class ColabMagics(Magics):
             return False
         if self._panel is None:
             if kind == "web":
-                self._panel = WebPanel(self._web_state, self._web_actions())
+                self._panel = WebPanel(self._web_state, self.controls.web_actions())
             else:
                 from .panel import Panel
 
-                self._panel = Panel(self.board, lambda: list(self._persisters))
+                self._panel = Panel(self.board, self.controls)
         if again or not self._panel_shown:
             self._panel_shown = True
             if isinstance(self._panel, WebPanel):
@@ -221,42 +259,9 @@ class ColabMagics(Magics):
 
     def _web_state(self) -> dict:
         """What the web panel shows (its server's thread): the board as HTML; no disk is touched."""
-        return {"html": render_html(self.board), "paused": any(p.status().state == "paused" for p in self._persisters)}
+        return {"html": render_html(self.board), "paused": self.controls.paused()}
 
-    def _web_actions(self) -> dict[str, Callable[[str], str]]:
-        """The web panel's buttons (run on its server's thread: nothing here waits for a transfer)."""
-
-        def sync(_: str) -> str:
-            running = list(self._persisters)
-            for persister in running:
-                persister.trigger()
-            return f"syncing {len(running)} persist(s) now" if running else "no %%persist is running"
-
-        def pause(paused: bool) -> str:
-            running = list(self._persisters)
-            for persister in running:
-                persister.pause() if paused else persister.resume()
-            if not running:
-                return "no %%persist is running"
-            return "background syncs paused" if paused else "background syncs resumed"
-
-        def flush_drive(_: str) -> str:
-            def work() -> None:
-                try:
-                    self._flush()
-                except ColabMagicsError:
-                    pass  # on the board, which the page shows
-
-            threading.Thread(target=work, name="colab_magics-flush", daemon=True).start()
-            return "flushing the Drive mount: the status says when it is done"
-
-        def dismiss(key: str) -> str:
-            return "dismissed" if self.board.dismiss(key) else "nothing to dismiss there"
-
-        return {"sync": sync, "pause": lambda _: pause(True), "resume": lambda _: pause(False), "flush": flush_drive,
-                "dismiss": dismiss}  # fmt: skip
-
-    def _call(self, work: Callable[[], object]) -> object:
+    def _call(self, work: Callable[[], T]) -> T:
         """Run engine work with progress shown; expected failures become one UsageError line.
 
         The panel is shown in the first cell that runs something; later cells print their own
@@ -278,14 +283,19 @@ class ColabMagics(Magics):
         """``post_run_cell``: refresh the panel from the main thread (Colab drops thread updates)."""
         self._refresh_panel()
 
-    @staticmethod
-    def _parse(magic: Callable[..., object], line: str) -> object:
-        """Arguments with shell quoting (``"my folder"``), which ``parse_argstring`` keeps as is."""
+    def _parse(self, name: str, line: str) -> Any:
+        """Arguments with shell quoting (``"my folder"``), which ``parse_argstring`` keeps as is; what
+        was not given comes from the settings, the environment or the defaults."""
         try:
             argv = shlex.split(line)
         except ValueError as exc:
             raise UsageError(f"cannot read the arguments ({exc}); check the quotes") from None
-        return magic.parser.parse_args(argv)  # type: ignore[attr-defined]
+        magic = getattr(type(self), name)  # the decorated magic: its parser and its options
+        args = magic.parser.parse_args(argv)
+        try:
+            return resolve(magic.options, args, self)
+        except ColabMagicsError as exc:
+            raise UsageError(str(exc)) from None
 
     def close(self) -> None:
         """Stop everything this instance started (``%unload_ext``): persists flush, children stop."""
@@ -314,15 +324,14 @@ class ColabMagics(Magics):
         if not self._show_panel(again=True):
             print(render_text(self.board))
 
-    @magic_arguments()
-    @argument("--disconnect", action="store_true", help="then end this runtime (google.colab.runtime.unassign)")
+    @_arguments(FLUSH)
     @line_magic
     def drive_flush(self, line: str) -> None:
         """Make what is on Colab's Drive mount safe: every persist syncs once more, then Drive's cache is
         uploaded and Drive unmounted (the only flush Colab has). Persists to the mount end here; mount
         Drive again to go on."""
-        args: Any = self._parse(self.drive_flush, line)
-        report: Any = self._call(self._flush)  # the board has the flush now
+        args = self._parse("drive_flush", line)
+        report = self._call(self._flush)  # the board has the flush now
         overall = self.board.overall()
         if not overall.safe_to_disconnect:
             why = "; not ending the runtime" if args.disconnect else ""
@@ -333,12 +342,7 @@ class ColabMagics(Magics):
         if args.disconnect:
             host.end_runtime()
 
-    @magic_arguments()
-    @argument("source", help="remote path (gdrive:x, /path) or a name under the default remote root")
-    @argument("dest", nargs="?", help="local folder (default: ./<basename of SOURCE>)")
-    @argument("-f", "--force", action="store_true", help="stage again even if DEST is up to date, "
-              "or replace a DEST that holds other files")  # fmt: skip
-    @argument("-w", "--workers", type=int, default=None, help="parts downloaded at once (default: ColabMagics.workers)")
+    @_arguments(STAGE)
     @line_magic
     def drive_stage(self, line: str) -> None:
         """Copy a dataset from the remote to fast local disk: packed, verified, atomic, resumable.
@@ -347,46 +351,33 @@ class ColabMagics(Magics):
         with gzip, bzip2, xz or zstd, or .zip) or a plain folder works too. Staging unchanged data
         again returns at once.
         """
-        args: Any = self._parse(self.drive_stage, line)
-        workers = self.workers if args.workers is None else args.workers
+        args = self._parse("drive_stage", line)
         try:
             result = self._call(
-                lambda: stage(args.source, args.dest, force=args.force, workers=workers, root=self._root())
+                lambda: stage(args.source, args.dest, force=args.force, workers=args.workers, root=self._root())
             )
         except KeyboardInterrupt:
             print(f"colab_magics: {RESUME_HINT}", file=sys.stderr)
             raise
-        print(result.summary())  # type: ignore[attr-defined]
+        print(result.summary())
 
-    @magic_arguments()
-    @argument("source", help="local file or folder")
-    @argument("dest", nargs="?", help="remote path; ending in / means 'into this folder' "
-              "(default: <remote root>/<basename of SOURCE>)")  # fmt: skip
-    @argument("-p", "--pack", action="store_true", help="store a folder as tar parts plus a manifest (fast to stage)")
-    @argument("-z", "--compress", action="store_true", help="with --pack: zstd-compress the parts")
-    @argument("--part-size", default=None, help="with --pack: largest part, e.g. 4G (default: ColabMagics.part_size)")
+    @_arguments(PUSH)
     @line_magic
     def drive_push(self, line: str) -> None:
         """Upload a local file or folder to the remote, verified; never a half-written file there."""
-        args: Any = self._parse(self.drive_push, line)
+        args = self._parse("drive_push", line)
 
         def work() -> object:
-            part_size = parse_size(args.part_size or self.part_size or DEFAULT_PART_SIZE)
             return push(
-                args.source, args.dest, pack=args.pack, compress=args.compress, part_size=part_size, root=self._root()
-            )
+                args.source, args.dest, pack=args.pack, compress=args.compress, part_size=args.part_size,
+                root=self._root(),
+            )  # fmt: skip
 
         result: Any = self._call(work)
         self._warn_if_only_here(result.where, result.dest)
         print(result.summary())
 
-    @magic_arguments()
-    @argument("dir", help="local folder to keep safe (created if missing)")
-    @argument("--to", dest="dest", help="remote path (default: <remote root>/<basename of DIR>)")
-    @argument("--every", help="sync interval: 30s, 5m, 1h (default: ColabMagics.sync_interval)")
-    @argument("--no-restore", action="store_true", help="do not bring back an earlier sync first")
-    @argument("--mirror", action="store_true", help="also delete on the remote what is deleted locally")
-    @argument("--steal-lock", action="store_true", help="take over from another kernel persisting to the same place")
+    @_arguments(PERSIST)
     @cell_magic
     def persist(self, line: str, cell: str) -> object:
         """Keep DIR safe on the remote while the cell runs.
@@ -396,46 +387,26 @@ class ColabMagics(Magics):
         a final verified sync, then the cell's exception is raised unchanged. Re-running the
         cell after a lost runtime picks up where the last sync left off.
         """
-        args: Any = self._parse(self.persist, line)
-
-        def create() -> Persister:
-            every = parse_duration(args.every or self.sync_interval, minimum=MIN_EVERY)
-            part_size = parse_size(self.part_size or DEFAULT_PART_SIZE)
-            persister = Persister(
-                args.dir, args.dest, every=every, mirror=args.mirror, part_size=part_size, root=self._root()
-            )
-            self._persisters.add(persister)  # the panel's buttons reach it from now on
-            try:
-                restored = persister.start(steal_lock=args.steal_lock, restore=not args.no_restore)
-                if restored is not None:
-                    print(f"restored: {restored.summary()}")
-            except BaseException:
-                self._persisters.discard(persister)
-                raise
-            return persister
-
+        args = self._parse("persist", line)
         __tracebackhide__ = True  # a traceback of the cell's own error shows the cell's lines, not ours
-        persister: Persister = self._call(create)  # type: ignore[assignment]
-        self._warn_if_only_here(persister.where, persister.dest)
-        print(
-            f"persisting {persister.local} to {persister.dest} ({Where(persister.where).value}) "
-            f"every {format_duration(persister.every)}"
-        )
         try:
-            value = self._run_body(cell)
-        except KeyboardInterrupt:  # one line that says what is safe, and no traceback
-            raise UsageError(self._interrupted(persister)) from None
-        except BaseException:
-            self._finish(persister, failing=True)
-            raise  # unchanged
-        self._finish(persister, failing=False)
-        return value
+            persister = Persister(
+                args.dir, args.dest, every=args.sync_interval, mirror=args.mirror, part_size=args.part_size,
+                root=self._root(), restore=not args.no_restore, steal_lock=args.steal_lock, report=_CellReport(self),
+            )  # fmt: skip
+        except ColabMagicsError as exc:  # a destination that does not resolve: nothing started
+            raise UsageError(str(exc)) from None
+        with persister:
+            try:
+                return self._run_body(cell)
+            finally:
+                self._persisters.discard(persister)  # its final sync is this cell's: no button or flush reaches it
 
     def _run_body(self, cell: str) -> object:
         """The cell's body as IPython runs a cell: its own lines in tracebacks (the source is cached
         for them), the value of a last expression returned for display, top-level ``await``."""
         __tracebackhide__ = True
-        shell = self.shell
+        shell = cast(InteractiveShell, self.shell)  # a magic runs in the shell it is registered with
         source = shell.transform_cell(cell)
         filename = shell.compile.cache(source, shell.execution_count, raw_code=cell)
         tree = shell.transform_ast(ast.parse(source, filename))
@@ -450,43 +421,54 @@ class ColabMagics(Magics):
             _run_coroutine(outcome)
         return shell.user_ns.pop(_LAST_VALUE, None)
 
-    def _interrupted(self, persister: Persister) -> str:
-        """The final sync after Ctrl-C, said in the one line the cell ends with."""
-        __tracebackhide__ = True
-        self._persisters.discard(persister)
-        if persister.status().state == "stopped":  # ended by a flush of the Drive mount during the cell
-            return "interrupted; this persist had ended when the Drive mount was flushed: later changes are only here"
-        try:
-            outcome: Any = self._call(lambda: persister.stop(final=True))
-        except UsageError as exc:
-            return f"interrupted; the final sync failed: {exc}"
-        files = len(outcome.manifest.files)
-        what = "1 file" if files == 1 else f"{files:,} files"
-        changing = len(outcome.deferred)
-        left = f"; {changing} file(s) still changing kept their previous version" if changing else ""
-        return f"interrupted; final sync done: {what} on {persister.dest}{left}"
 
-    def _finish(self, persister: Persister, failing: bool) -> None:
-        """The final sync; while the cell's own error propagates, a sync error is printed, not raised."""
+class _CellReport:
+    """How a ``%%persist`` cell shows its persist (a :class:`~colab_magics.persist.PersistReport`)."""
+
+    def __init__(self, magics: ColabMagics) -> None:
+        self.magics = magics
+
+    def step(self, work: Callable[[], T]) -> T:
+        return self.magics._call(work)
+
+    def started(self, persister: Persister, restored: Result | None) -> None:
+        if restored is not None:
+            print(f"restored: {restored.summary()}")
+        self.magics._persisters.add(persister)  # the panel's buttons reach it from now on
+        self.magics._warn_if_only_here(persister.where, persister.dest)
+        print(
+            f"persisting {persister.local} to {persister.dest} ({Where(persister.where).value}) "
+            f"every {format_duration(persister.every)}"
+        )
+
+    def ended(self, persister: Persister, final: Final) -> None:
+        """The final sync's line; after Ctrl-C, the one line the cell ends with (no traceback)."""
         __tracebackhide__ = True
-        self._persisters.discard(persister)
-        if persister.status().state == "stopped":  # ended by a flush of the Drive mount during the cell
-            persister.publish_pending()
+        if final.interrupted:
+            raise UsageError(_interrupted(persister, final)) from None
+        if final.ending is Ending.FLUSHED:
             bus.flush()
             print(
                 f"colab_magics: the persist of {persister.local} ended when the Drive mount was flushed; "
                 "changes since then are only on this machine: mount Drive and push them",
                 file=sys.stderr,
             )
-            return
-        try:
-            outcome = self._call(lambda: persister.stop(final=True))
-        except UsageError as exc:
-            if not failing:
-                raise
-            print(f"colab_magics: final sync failed: {exc}", file=sys.stderr)
-            return
-        result = outcome.result  # type: ignore[attr-defined]
-        pending = outcome.deferred  # type: ignore[attr-defined]
-        note = f"; {len(pending)} file(s) still changing were left at their previous version" if pending else ""
-        print(f"final sync at {time.strftime('%H:%M:%S')}: {result.summary()}{note}")
+        elif final.outcome is None:
+            print(f"colab_magics: final sync failed: {final.error}", file=sys.stderr)
+        else:
+            pending = final.outcome.deferred
+            note = f"; {len(pending)} file(s) still changing were left at their previous version" if pending else ""
+            print(f"final sync at {time.strftime('%H:%M:%S')}: {final.outcome.result.summary()}{note}")
+
+
+def _interrupted(persister: Persister, final: Final) -> str:
+    """What is safe after Ctrl-C, in one line."""
+    if final.ending is Ending.FLUSHED:
+        return "interrupted; this persist had ended when the Drive mount was flushed: later changes are only here"
+    if final.outcome is None:
+        return f"interrupted; the final sync failed: {final.error}"
+    files = len(final.outcome.manifest.files)
+    what = "1 file" if files == 1 else f"{files:,} files"
+    changing = len(final.outcome.deferred)
+    left = f"; {changing} file(s) still changing kept their previous version" if changing else ""
+    return f"interrupted; final sync done: {what} on {persister.dest}{left}"

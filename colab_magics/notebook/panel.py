@@ -1,7 +1,7 @@
 """The live sync-status panel (ipywidgets), and its text form for front-ends without widgets.
 
-It observes a :class:`StatusBoard` and only ever calls ``trigger``, ``pause`` and ``resume`` on
-persists; it never runs a transfer.  Updates from background threads are throttled to a few
+It renders a :class:`StatusBoard` and sends clicks to :class:`Controls`; it never runs a transfer
+and never reads the disk.  Updates from background threads are throttled to a few
 a second, and the magics also refresh it on the main thread after every cell, because Colab
 drops widget updates made from threads (googlecolab/colabtools#3373).
 """
@@ -9,16 +9,16 @@ drops widget updates made from threads (googlecolab/colabtools#3373).
 from __future__ import annotations
 
 import html
-import re
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 import humanize
 
-from ..persist import Persister
+from ..destination.safety import FLUSHED
+from .controls import Controls
 from .status import DONE, FAILED, RUNNING, Row, StatusBoard, age
 
 ARROWS = {"down": "\u2193", "up": "\u2191"}
@@ -33,8 +33,6 @@ _COLORS = {
 
 # the text form of a live panel in a saved notebook or a log: what it is, never a status that goes stale
 PANEL_TEXT = "colab_magics live panel (it needs the running kernel; %drive_status prints the status)"
-
-_WHERE = re.compile(r" from .+? to .+? in ")
 
 
 def _size(n: float) -> str:
@@ -62,8 +60,10 @@ def describe(row: Row, now: float | None = None) -> str:
             bits.append(f"{p.done_files:,}/{p.total_files:,} files")
         if p.note:
             bits.append(p.note)
-    elif row.state == DONE and row.summary:
-        bits.append(_WHERE.sub(" in ", row.summary, count=1))  # the row already says which job
+    elif row.state == DONE and row.result is not None:  # the row already says which job: no route
+        bits.append(row.result.summary(route=False, caveat=FLUSHED if row.flushed else None))
+    elif row.state == DONE and row.note:
+        bits.append(row.note)
     bits.append(f"last success {_ago(age(row.last_success, now))}")
     if row.free_bytes is not None:
         trash = f" (Trash {_size(row.trash_bytes)})" if row.trash_bytes else ""
@@ -198,12 +198,12 @@ class Panel:
 
     MIN_INTERVAL = 0.25  # seconds between two renders triggered from background threads
 
-    def __init__(self, board: StatusBoard, persisters: Callable[[], Sequence[Persister]]) -> None:
+    def __init__(self, board: StatusBoard, controls: Controls) -> None:
         import ipywidgets as w
 
         self._w = w
         self.board = board
-        self.persisters = persisters
+        self.controls = controls
         self.header = w.HTML().add_class("cm-header")
         self.rows_box = w.VBox().add_class("cm-rows")
         self.sync_now = w.Button(description="Sync now", tooltip="Sync every running %%persist now").add_class(
@@ -229,18 +229,12 @@ class Panel:
     # -- actions ------------------------------------------------------------------------------
     def trigger(self) -> list:
         """Ask every running persist to sync now; returns their futures."""
-        futures = [p.trigger() for p in self.persisters()]
+        futures = self.controls.sync()
         self.refresh()
         return futures
 
     def toggle_pause(self) -> None:
-        running = list(self.persisters())
-        paused = any(p.status().state == "paused" for p in running)
-        for p in running:
-            if paused:
-                p.resume()
-            else:
-                p.pause()
+        self.controls.set_paused(not self.controls.paused())
         self.refresh()
 
     # -- rendering ----------------------------------------------------------------------------
@@ -270,8 +264,7 @@ class Panel:
             self._last = time.monotonic()
         now = time.time()
         self.header.value = header_html(self.board, now)
-        paused = any(p.status().state == "paused" for p in self.persisters())
-        self.pause.description = "Resume" if paused else "Pause"
+        self.pause.description = "Resume" if self.controls.paused() else "Pause"
         rows = self.board.rows()
         children = []
         for row in rows:

@@ -11,26 +11,47 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import humanize
 
 from ..destination.safety import FLUSHED, Where
-from ..events import Event, EventBus, Progress, bus
+from ..events import Direction, Event, EventBus, Fact, Kind, Progress, bus
 
-RUNNING, DONE, FAILED, WAITING = "running", "done", "failed", "waiting"
+if TYPE_CHECKING:
+    from ..jobs import Result
+
+
+class RowState(Fact):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    WAITING = "waiting"  # a persist that has not synced yet
+
+
+class OverallState(Fact):
+    IDLE = "idle"  # nothing ran
+    SYNCING = "syncing"
+    PENDING = "pending changes"
+    SYNCED = "synced"
+    ERROR = "error"
+
+
+RUNNING, DONE, FAILED, WAITING = RowState.RUNNING, RowState.DONE, RowState.FAILED, RowState.WAITING
 
 
 @dataclass(frozen=True)
 class Row:
     key: str  # what the row stands for: the job's target (where it writes), else its name
     name: str  # for people: "persist outputs", "restore outputs", "stage flowers"
-    direction: str  # "down" or "up"
-    state: str  # running, done, failed, or waiting (a persist that has not synced yet)
+    direction: Direction
+    state: RowState
     progress: Progress
     target: str = ""  # where the job writes: a local folder, or a remote path
     last_success: float | None = None
-    summary: str = ""  # the last finished job's one-line summary
+    result: Result | None = None  # what the last finished job did
+    note: str = ""  # a finished step without numbers (Drive's flush)
+    flushed: bool = False  # uploads into the Drive mount: flushed to Drive since
     error: str = ""  # the last error, in plain words; cleared by a later success
     pending_files: int = 0  # for persists: local changes not on the remote yet
     pending_bytes: int = 0
@@ -41,7 +62,7 @@ class Row:
 
 @dataclass(frozen=True)
 class Overall:
-    state: str  # "synced", "syncing", "pending changes", "error", or "idle" when nothing ran
+    state: OverallState
     safe_to_disconnect: bool
     detail: str
     ends_at: float | None = None  # the runtime's estimated end (Unix time), where one is known
@@ -67,15 +88,15 @@ class StatusBoard:
         self._unsubscribe = (events or bus).subscribe(self._on_event)
 
     def _on_event(self, event: Event) -> None:
-        if event.kind == "flushed":
+        if event.kind == Kind.FLUSHED:
             self._flushed(event.name, event.at)
             return
-        if event.kind == "pending":
+        if event.kind == Kind.PENDING:
             progress = event.progress
             self._change(event, lambda row: replace(row, pending_files=progress.total_files,
                                                     pending_bytes=progress.total_bytes))  # fmt: skip
             return
-        if event.kind == "deadline":
+        if event.kind == Kind.DEADLINE:
             with self._lock:
                 self._ends_at = event.at
             return
@@ -84,7 +105,7 @@ class StatusBoard:
     def _change(self, event: Event, change: Callable[[Row], Row]) -> None:
         key = event.target or event.name
         with self._lock:
-            state = WAITING if event.kind == "pending" else RUNNING
+            state = WAITING if event.kind == Kind.PENDING else RUNNING
             row = self._rows.get(key) or Row(key, event.name, event.direction, state, Progress(), event.target)
             self._rows[key] = change(replace(row, name=event.name, where=event.where or row.where))
             listeners = list(self._listeners)
@@ -106,9 +127,8 @@ class StatusBoard:
         with self._lock:
             for name, row in self._rows.items():
                 if row.where == Where.MOUNT and row.state == DONE and (row.last_success or at) <= at:
-                    summary = row.summary.replace(Where.MOUNT.caveat(), FLUSHED)
-                    self._rows[name] = replace(row, where=Where.REMOTE.value, summary=summary)
-            self._rows[flush] = Row(flush, flush, "up", DONE, Progress(), last_success=at, summary=FLUSHED,
+                    self._rows[name] = replace(row, where=Where.REMOTE.value, flushed=True)
+            self._rows[flush] = Row(flush, flush, Direction.UP, DONE, Progress(), last_success=at, note=FLUSHED,
                                     where=Where.REMOTE.value)  # fmt: skip
             listeners = list(self._listeners)
         _tell(listeners)
@@ -132,22 +152,22 @@ class StatusBoard:
     def _overall(self) -> Overall:
         rows = self.rows()
         if not rows:
-            return Overall("idle", True, "nothing has run yet")
+            return Overall(OverallState.IDLE, True, "nothing has run yet")
         failed = [r for r in rows if r.state == FAILED]
         running = [r for r in rows if r.state == RUNNING]
         pending = [r for r in rows if r.pending_files]
-        exposed = [r for r in rows if r.direction == "up" and r.where in (Where.THIS_MACHINE, Where.MOUNT)]
-        at_risk = any(r.direction == "up" for r in failed + running) or bool(pending or exposed)
+        exposed = [r for r in rows if r.direction == Direction.UP and r.where in (Where.THIS_MACHINE, Where.MOUNT)]
+        at_risk = any(r.direction == Direction.UP for r in failed + running) or bool(pending or exposed)
         if failed:
-            return Overall("error", not at_risk, f"{failed[0].name}: {failed[0].error}")
+            return Overall(OverallState.ERROR, not at_risk, f"{failed[0].name}: {failed[0].error}")
         if running:
-            return Overall("syncing", not at_risk, ", ".join(r.name for r in running))
+            return Overall(OverallState.SYNCING, not at_risk, ", ".join(r.name for r in running))
         if pending:
             files = sum(r.pending_files for r in pending)
-            return Overall("pending changes", False, f"{files:,} changed file(s) not on the remote yet")
+            return Overall(OverallState.PENDING, False, f"{files:,} changed file(s) not on the remote yet")
         if exposed:
-            return Overall("synced", False, Where(exposed[0].where).caveat())
-        return Overall("synced", True, "everything is on the remote")
+            return Overall(OverallState.SYNCED, False, Where(exposed[0].where).caveat())
+        return Overall(OverallState.SYNCED, True, "everything is on the remote")
 
     def close(self) -> None:
         self._unsubscribe()
@@ -165,11 +185,12 @@ def _apply(row: Row, event: Event) -> Row:
     """A job's event on its row: running, done (clears an earlier error) or failed."""
     if event.free_bytes is not None:
         row = replace(row, free_bytes=event.free_bytes, trash_bytes=event.trash_bytes)
-    if event.kind in ("started", "progress"):
+    if event.kind in (Kind.STARTED, Kind.PROGRESS):
         return replace(row, state=RUNNING, progress=event.progress)
-    if event.kind == "finished":
-        return replace(row, state=DONE, progress=event.progress, last_success=event.at, summary=event.message, error="")
-    if event.kind == "failed":
+    if event.kind == Kind.FINISHED:
+        return replace(row, state=DONE, progress=event.progress, last_success=event.at, result=event.result,
+                       note="" if event.result else event.message, flushed=False, error="")  # fmt: skip
+    if event.kind == Kind.FAILED:
         return replace(row, state=FAILED, error=event.message)
     return row
 

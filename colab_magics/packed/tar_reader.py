@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
 
 from ..errors import VerificationError
+from ..streams import Readable
 
 BLOCK = 512
 _ZERO = bytes(BLOCK)
@@ -57,7 +57,7 @@ def _pax(payload: bytes) -> dict[str, bytes]:
 class TarStream:
     """Iterate members with :meth:`members`; read the current member's data with :meth:`read`."""
 
-    def __init__(self, raw: IO[bytes], where: str) -> None:
+    def __init__(self, raw: Readable, where: str) -> None:
         self.raw = raw
         self.where = where
         self._left = 0

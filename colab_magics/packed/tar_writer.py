@@ -19,6 +19,7 @@ from typing import IO, Callable
 
 from ..errors import BadInput, SourceChanged
 from ..local.tree import FileStat
+from ..streams import Writable
 
 BLOCK = 512
 CHUNK = 4 << 20  # large reads: fewer hand-offs of the interpreter lock with a busy training thread
@@ -116,7 +117,7 @@ GROWTH_SLACK = 4 << 20  # a whole file may have grown this much since the scan (
 def write_part(
     pieces: list[Piece],
     root: str,
-    sink: IO[bytes],
+    sink: Writable,
     digests: dict[str, hashlib._Hash],
     on_bytes: Callable[[int], None] | None = None,
     tolerant: bool = False,
@@ -218,7 +219,7 @@ def _stable_read(fh: IO[bytes], st0: os.stat_result, tries: int) -> tuple[bytes,
 class _Batch:
     """Coalesces the many small writes of a tar stream (headers, padding) into large ones."""
 
-    def __init__(self, sink: IO[bytes], size: int = CHUNK) -> None:
+    def __init__(self, sink: Writable, size: int = CHUNK) -> None:
         self.sink = sink
         self.size = size
         self.count = 0

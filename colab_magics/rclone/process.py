@@ -3,18 +3,23 @@
 Why our own runner rather than ``rclone_python``'s transfer functions: those build a command
 *string* and run it with ``shell=True`` (a file named ``model$v1.pt`` is expanded by the
 shell, names with quotes or newlines break) and ignore a configured rclone binary.  Here every
-child gets an argv list, no shell.  We do use ``rclone_python``'s parser of rclone's JSON
-stats lines, which is sound: with ``-v`` the stats come at the ``info`` level it expects.
+child gets an argv list, no shell.  What rclone prints (its JSON log on stderr, the JSON of
+``lsjson`` and the like) is read into typed values by :mod:`.output`.  Its stats parser
+(``extract_rclone_progress``) served here until the log lines were read whole for errors too: it
+parses each line a second time, reports nothing before rclone knows a byte total, and raises
+``KeyError`` on a stats line without ``bytes`` or ``speed``; so ``rclone-python`` is no longer a
+dependency.
 
 Every child is tracked so that Ctrl-C, ``cancel`` or interpreter exit stops it in stages
 (interrupt, terminate, kill); stderr is read on its own thread so that a slow listener can
-never stall rclone.
+never stall rclone.  The debug trace (:mod:`colab_magics.log`) shows each child's argv, secrets
+hidden, and its exit status and duration.
 """
 
 from __future__ import annotations
 
 import atexit
-import json
+import logging
 import os
 import re
 import select
@@ -27,14 +32,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
-from rclone_python.utils import extract_rclone_progress
-
+from .. import log
 from ..errors import (
     ColabMagicsError,
     QuotaError,
     RcloneError,
+    RcloneOutputError,
     RemoteNotFound,
     RemoteUnreachable,
     SourceChanged,
@@ -42,7 +47,10 @@ from ..errors import (
     UnknownRemote,
 )
 from ..events import Progress, plausible_eta
+from . import output
 from .binary import find_rclone
+
+logger = logging.getLogger(__name__)
 
 StatsCallback = Callable[[Progress], None]
 NoteCallback = Callable[[str], None]  # what holds a child up now ("" once it moves again)
@@ -193,10 +201,15 @@ class RcloneProcess:
         on_stats: StatsCallback | None = None,
         env: dict[str, str] | None = None,
         reach: Reachability | None = None,
+        shown: Sequence[str] | None = None,
     ) -> None:
+        """``shown``: ``argv`` as the trace shows it (default: ``argv`` with its secrets hidden)."""
         self.argv = list(argv)
         self._on_stats = on_stats
         self.reach = reach
+        self._t0 = time.monotonic()
+        self._ended = False
+        self._bad_stats = False  # a stats line of an unexpected shape was reported once
         # a temporary folder of its own, removed when it ends: where a backend cannot stream an upload
         # (WebDAV servers without PutStream), rclone spools it whole to $TMPDIR, and a killed rclone
         # would leave that copy behind
@@ -219,18 +232,19 @@ class RcloneProcess:
             shutil.rmtree(self._spool, ignore_errors=True)
             raise
         try:  # Linux 5.3+: a descriptor that becomes readable when the child exits
-            self._pidfd: int | None = os.pidfd_open(self.proc.pid)  # type: ignore[attr-defined]
+            self._pidfd: int | None = os.pidfd_open(self.proc.pid)
         except (AttributeError, OSError):
             self._pidfd = None
         with _live_lock:
             _live.add(self)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("rclone[%d] start: %s", self.proc.pid, log.command_line(shown or self.argv))
         self._reader = threading.Thread(target=self._read_stderr, name="rclone-stderr", daemon=True)
         self._reader.start()
 
     @property
     def stdin(self) -> IO[bytes]:
-        assert self.proc.stdin is not None
-        return self.proc.stdin
+        return _pipe(self.proc.stdin, "stdin")
 
     def feed(self, data: bytes, cancel: threading.Event | None = None) -> None:
         """Write ``data`` to the child's stdin without ever blocking for good.
@@ -261,45 +275,54 @@ class RcloneProcess:
 
     @property
     def stdout(self) -> IO[bytes]:
-        assert self.proc.stdout is not None
-        return self.proc.stdout
+        return _pipe(self.proc.stdout, "stdout")
 
     def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
+        for raw in _pipe(self.proc.stderr, "stderr"):
             line = raw.decode("utf-8", "replace").strip()
             if not line:
                 continue
-            valid, parsed = extract_rclone_progress(line)
-            if valid and parsed is not None:
-                s = parsed["rclone_output"]
-                moved = (int(s.get("bytes", 0)), int(s.get("transfers", 0)), int(s.get("checks", 0)))
-                if moved != self._moved and self.reach is not None:
-                    self.reach.alive()
-                self._moved = moved
-                if self._on_stats is not None:
-                    rate = float(s.get("speed", 0.0))
-                    self._on_stats(
-                        Progress(
-                            done_bytes=moved[0],
-                            total_bytes=int(s.get("totalBytes", 0)),
-                            rate=rate,
-                            eta=plausible_eta(s.get("eta"), rate),
-                            done_files=moved[1],
-                            total_files=int(s.get("totalTransfers", 0)),
-                        )
-                    )
-                continue
-            if parsed is not None:  # an error or critical log record
-                obj = parsed.get("object", "")
-                msg = str(parsed.get("msg", "")).strip()
-                self.errors.append(f"{obj}: {msg}" if obj else msg)
-                continue
-            try:
-                record = json.loads(line)
-                self._tail.append(str(record.get("msg", line)) if isinstance(record, dict) else line)
-            except ValueError:
+            record = output.log_record(line)
+            if record is None:
+                if line.startswith("Error: "):  # its usage error, before a usage text that fills the tail
+                    self.errors.append(line.removeprefix("Error: "))
                 self._tail.append(line)
+                continue
+            level = record.get("level")
+            if level == "info" and "stats" in record:
+                self._stats(record["stats"])
+            elif level in ("error", "critical"):
+                obj = str(record.get("object") or "")
+                msg = str(record.get("msg", "")).strip()
+                self.errors.append(f"{obj}: {msg}" if obj else msg)
+            else:
+                self._tail.append(str(record.get("msg", line)))
+
+    def _stats(self, data: object) -> None:
+        """One stats line: any movement is a sign of life; progress goes to the listener once rclone
+        knows the total.  A line of another shape only costs the progress display (said once)."""
+        try:
+            s = output.stats(data, self.command)
+        except RcloneOutputError as exc:
+            if not self._bad_stats:
+                self._bad_stats = True
+                logger.warning("no progress shown for this transfer: %s", exc)
+            return
+        moved = (s.bytes, s.transfers, s.checks)
+        if moved != self._moved and self.reach is not None:
+            self.reach.alive()
+        self._moved = moved
+        if self._on_stats is not None and s.total_bytes > 0:
+            self._on_stats(
+                Progress(
+                    done_bytes=s.bytes,
+                    total_bytes=s.total_bytes,
+                    rate=s.speed,
+                    eta=plausible_eta(s.eta, s.speed),
+                    done_files=s.transfers,
+                    total_files=s.total_transfers,
+                )
+            )
 
     def exited_within(self, timeout: float) -> bool:
         """Block until the child exits or ``timeout`` passes; wakes at once on exit (pidfd)."""
@@ -350,10 +373,12 @@ class RcloneProcess:
             return SourceChanged(
                 f"{paths[0]} changed while it was being uploaded; push again once it is written", paths
             )
-        text = "; ".join(dict.fromkeys(_ATTEMPT.sub("", m) for m in messages if m)) or f"exit status {rc}"
+        said = list(dict.fromkeys(_ATTEMPT.sub("", m) for m in messages if m))
+        said = [m for m in said if not any(o != m and o.endswith(": " + m) for o in said)]  # said once, with context
+        text = "; ".join(said) or f"exit status {rc}"
         text = " ".join(text.split())  # one line, whatever a server put in its error body
         text = text if len(text) < 400 else text[:400] + "..."
-        command = self.argv[1] if len(self.argv) > 1 else "rclone"
+        command = self.command
         stderr = "\n".join(messages)
         m = _NO_SECTION.search(stderr)
         if m:
@@ -378,7 +403,17 @@ class RcloneProcess:
                 exit_code=rc,
                 stderr=stderr,
             )
-        if _QUOTA.search(stderr) or rc == 8:
+        if rc == 2:
+            flags = " (check COLAB_MAGICS_RCLONE_FLAGS)" if extra_flags() else ""
+            return RcloneError(f"rclone {command} refused its arguments{flags}: {text}", exit_code=rc, stderr=stderr)
+        if rc == 8:
+            return RcloneError(
+                f"rclone {command} stopped at its --max-transfer limit ({text}); raise or remove the limit "
+                "(COLAB_MAGICS_RCLONE_FLAGS) and run again: what is on the remote is complete",
+                exit_code=rc,
+                stderr=stderr,
+            )
+        if _QUOTA.search(stderr):
             return QuotaError(
                 f"the remote is rate-limiting requests ({_refusal(stderr, text)}); wait a few minutes and retry, "
                 "or lower the request rate with COLAB_MAGICS_RCLONE_FLAGS='--tpslimit 5'",
@@ -410,6 +445,13 @@ class RcloneProcess:
 
     def _forget(self) -> None:
         """Drop the child from the live set and close its descriptors now, not at garbage collection."""
+        if not self._ended:
+            self._ended = True
+            if logger.isEnabledFor(logging.DEBUG):
+                rc = self.proc.poll()
+                why = f": {self.errors[0][:200]}" if rc and self.errors else ""
+                took = time.monotonic() - self._t0
+                logger.debug("rclone[%d] %s: exit %s after %.3fs%s", self.proc.pid, self.command, rc, took, why)
         shutil.rmtree(self._spool, ignore_errors=True)
         with _live_lock:
             _live.discard(self)
@@ -427,6 +469,11 @@ class RcloneProcess:
                     pipe.close()
                 except OSError:
                     pass
+
+    @property
+    def command(self) -> str:
+        """rclone's command (``lsjson``, ``rcat``, ...)."""
+        return self.argv[1] if len(self.argv) > 1 else "rclone"
 
     def __enter__(self) -> RcloneProcess:
         return self
@@ -449,11 +496,18 @@ class Rclone:
         self.flags = list(flags) if flags is not None else extra_flags()
         self.patience = patience if patience is not None else unreachable_timeout()
 
-    def argv(self, args: Sequence[str], stats: bool = False) -> list[str]:
-        base = [self.binary, *args, "--use-json-log", *self.flags]
+    def argv(self, args: Sequence[str], stats: bool = False, *, shown: bool = False) -> list[str]:
+        """The child's argv; ``shown``: as the trace shows it, with the secrets hidden, and the values
+        of the flags that came from the environment (``COLAB_MAGICS_RCLONE_FLAGS``)."""
+        flags = log.redact(self.flags, hide_values=True) if shown else self.flags
+        base = [self.binary, *(log.redact(args) if shown else args), "--use-json-log", *flags]
         if stats:
             base += ["-v", "--stats", "500ms", "--stats-log-level", "INFO"]
         return base
+
+    def _process(self, args: Sequence[str], stats: bool = False, **kw: Any) -> RcloneProcess:
+        shown = self.argv(args, stats, shown=True) if logger.isEnabledFor(logging.DEBUG) else None
+        return RcloneProcess(self.argv(args, stats), shown=shown, **kw)
 
     def start(
         self,
@@ -469,14 +523,12 @@ class Rclone:
         reach = None
         if remote is not None:
             reach = Reachability(lambda: self.probe(remote), self.patience, on_note)
-        return RcloneProcess(
-            self.argv(args, stats=on_stats is not None), stdin=stdin, stdout=stdout, on_stats=on_stats, reach=reach
-        )
+        return self._process(args, on_stats is not None, stdin=stdin, stdout=stdout, on_stats=on_stats, reach=reach)
 
     def probe(self, path: str) -> str | None:
         """One short request to the remote that holds ``path``: None if it answered at all (even "not
         found"), else its network error in a few words."""
-        with RcloneProcess(self.argv(["lsjson", "--stat", path, *FAIL_FAST])) as p:
+        with self._process(["lsjson", "--stat", path, *FAIL_FAST]) as p:
             if not p.exited_within(15):  # the flags bound most backends; a hung S3 endpoint needs this
                 p.stop(grace=1.0)
                 return "no answer within 15s"
@@ -512,8 +564,36 @@ class Rclone:
         return bytes(out)
 
     def json(self, *args: str) -> object:
-        """Run a command that prints JSON (lsjson, backend features, ...)."""
-        return json.loads(self.run(*args) or b"null")
+        """Run a command that prints JSON; its value, not checked yet (see the typed calls below)."""
+        return output.decode(self.run(*args), log.command_line(args))
+
+    def lsjson(self, *args: str) -> list[output.Entry]:
+        """``rclone lsjson args...`` of a folder, every entry checked."""
+        return output.listing(self.json("lsjson", *args), log.command_line(["lsjson", *args]))
+
+    def stat(self, path: str, *flags: str) -> output.Entry:
+        """``rclone lsjson --stat path flags...``: the one entry at ``path``."""
+        args = ["lsjson", "--stat", path, *flags]
+        return output.entry(self.json(*args), log.command_line(args))
+
+    def features(self, root: str) -> output.Features:
+        args = ["backend", "features", root]
+        return output.features(self.json(*args), log.command_line(args))
+
+    def about(self, path: str) -> output.About:
+        args = ["about", "--json", path]
+        return output.about(self.json(*args), log.command_line(args))
+
+    def remote_types(self) -> dict[str, str]:
+        """Each configured remote's backend type, by name."""
+        args = ["listremotes", "--json"]
+        return output.remote_types(self.json(*args), log.command_line(args))
+
+
+def _pipe(pipe: IO[bytes] | None, name: str) -> IO[bytes]:
+    if pipe is None:
+        raise ValueError(f"this rclone child was started without a {name} pipe")
+    return pipe
 
 
 def _remote_in(args: Sequence[str]) -> str | None:

@@ -164,23 +164,17 @@ def _remote_type(rclone: Rclone, path: str) -> str:
     head = path.split(":", 1)[0]
     if path.startswith(":"):  # connection string, ":s3,provider=...:bucket"
         return path[1:].split(":", 1)[0].split(",", 1)[0]
-    for entry in rclone.json("listremotes", "--json") or []:  # type: ignore[union-attr]
-        if entry.get("name") == head:
-            return str(entry.get("type", "")).lower()
-    return ""
+    return rclone.remote_types().get(head, "")
 
 
 @functools.lru_cache(maxsize=64)
 def _info(binary: str, flags: tuple[str, ...], root: str) -> RemoteInfo:
     rclone = Rclone(binary, flags)
     kind = _remote_type(rclone, root)
-    data = rclone.json("backend", "features", root)
-    assert isinstance(data, dict)
-    features = data.get("Features", {})
-    precision_ns = int(data.get("Precision", 0) or 0)
-    precision = None if precision_ns >= 3600 * 10**9 else precision_ns / 1e9
-    atomic = kind in _ATOMIC_TYPES or bool(features.get("PartialUploads"))
-    return RemoteInfo(kind, tuple(data.get("Hashes") or ()), atomic, precision, bool(features.get("About")))
+    features = rclone.features(root)
+    precision = None if features.precision_ns >= 3600 * 10**9 else features.precision_ns / 1e9
+    atomic = kind in _ATOMIC_TYPES or features.has("PartialUploads")
+    return RemoteInfo(kind, features.hashes, atomic, precision, features.has("About"))
 
 
 def remote_info(rclone: Rclone, path: str) -> RemoteInfo:

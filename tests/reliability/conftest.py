@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
 from procs import descendants
 from servers import Server
+from waiting import poll
 
 
 @dataclass
@@ -186,17 +186,16 @@ def _process_wide_test_state():
 def _no_leaks(request, _process_wide_test_state):
     before = _state()
     yield
-    deadline = time.monotonic() + 10
-    while True:
+    found: list[str] = []
+
+    def settled() -> bool:  # what a test started may take a moment to end
         threads, children, fds = _state()
-        new_threads = sorted(threads - before[0] - set(_LONG_LIVED))
-        new_children = sorted(children - before[1])
-        new_fds = sorted(fds - before[2])
-        if not (new_threads or new_children or new_fds) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    found = [f"thread {t}" for t in new_threads] + [f"process {c[1]}" for c in new_children]
-    found += [f"fd {f}" for f in new_fds]
+        found[:] = [f"thread {t}" for t in sorted(threads - before[0] - set(_LONG_LIVED))]
+        found.extend(f"process {c[1]}" for c in sorted(children - before[1]))
+        found.extend(f"fd {f}" for f in sorted(fds - before[2]))
+        return not found
+
+    poll(settled, interval=0.1)
     if found:
         LEDGER.leaks.append(f"{request.node.name}: {', '.join(found)}")
         pytest.fail(f"leaked: {found}")

@@ -15,11 +15,11 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from trees import snapshot
+from waiting import wait_until
 
 import colab_magics as cm
 from colab_magics.persist import Persister
@@ -71,11 +71,13 @@ def test_wall_clock_steps_during_persist(tmp_path, no_loss):
         for phase, shift in (("before", "+0"), ("forward 2h", "+2h"), ("back 4h", "-2h")):
             offset.write_text(shift + "\n")
             seen = syncs_by_phase.setdefault(phase, set())
-            deadline = time.monotonic() + 30  # each phase lasts until two new syncs landed (or fails)
-            while time.monotonic() < deadline and len(seen) < 3:
+
+            def landed(seen: set[str] = seen) -> bool:  # each phase lasts until three syncs were seen in it
                 if manifest.exists():
                     seen.add(hashlib.md5(manifest.read_bytes()).hexdigest())
-                time.sleep(0.1)
+                return len(seen) >= 3
+
+            wait_until(landed, f"three syncs {phase}")
             if phase == "forward 2h":
                 # a second writer whose clock runs two hours ahead sees the lock as long expired:
                 # on the same machine, the live owner still holds it

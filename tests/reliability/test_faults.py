@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from servers import Server
-from trees import make_tree, snapshot
+from trees import make_tree, parts_staged, snapshot
+from waiting import poll, wait_until
 
 import colab_magics as cm
 from colab_magics import errors
@@ -24,10 +25,17 @@ from colab_magics.rclone import process as runner
 FAST_FAIL = ["--retries", "1", "--low-level-retries", "1", "--contimeout", "2s", "--timeout", "5s"]
 
 
-def _kill_soon(server: Server, after: float) -> threading.Timer:
-    timer = threading.Timer(after, server.kill)
-    timer.start()
-    return timer
+def _kill_when(server: Server, ready: Callable[[], bool]) -> threading.Thread:
+    """Kill ``server`` as soon as ``ready()``: mid-transfer, however slowly the transfer got going.
+    (Never ready: the server lives, the transfer succeeds, and the test's ``raises`` fails.)"""
+    thread = threading.Thread(target=lambda: poll(ready) and server.kill())
+    thread.start()
+    return thread
+
+
+def _uploading(folder: Path) -> Callable[[], bool]:
+    """True once an upload under ``folder`` on the server has begun (its staging folder has a file)."""
+    return lambda: any(p.is_file() for p in folder.glob(".cm-upload-*/**/*"))
 
 
 def _no_leftovers(folder: Path) -> list[str]:
@@ -40,9 +48,10 @@ def test_server_killed_mid_push_keeps_previous_version(dav, tmp_path, no_loss):
     cm.push(v1, f"{dav.name}:ds", pack=True, part_size=1 << 20)
     v2 = make_tree(tmp_path / "v2", small=20, big=6 << 20, odd=False)
     slow = runner.Rclone(flags=["--bwlimit", "2M", *FAST_FAIL])
-    _kill_soon(dav, 0.8)
+    killer = _kill_when(dav, _uploading(dav.folder / "ds"))
     with pytest.raises(errors.ColabMagicsError):
         cm.push(v2, f"{dav.name}:ds", pack=True, part_size=1 << 20, rclone=slow)
+    killer.join()
     assert not runner._live
     dav.start()  # the server comes back
     cm.stage(f"{dav.name}:ds", tmp_path / "check")
@@ -60,9 +69,10 @@ def test_server_killed_mid_stage_keeps_dest_then_resumes(dav, tmp_path, no_loss)
     big = make_tree(tmp_path / "big", small=5, big=8 << 20, odd=False)
     cm.push(big, f"{dav.name}:new", pack=True, part_size=1 << 20)
     slow = runner.Rclone(flags=["--bwlimit", "2M", *FAST_FAIL])
-    _kill_soon(dav, 1.0)
+    killer = _kill_when(dav, lambda: parts_staged(tmp_path / "dest") > 0)
     with pytest.raises(errors.ColabMagicsError):
         cm.stage(f"{dav.name}:new", tmp_path / "dest", force=True, rclone=slow, workers=1)
+    killer.join()
     no_loss(snapshot(v1), snapshot(tmp_path / "dest"), "dest after the failed stage")  # its previous content
     assert not runner._live
     dav.start()
@@ -82,9 +92,10 @@ def test_server_killed_during_a_persist_sync(dav, tmp_path, no_loss):
         p.trigger().result(timeout=60)
         (local / "epoch-2.bin").write_bytes(os.urandom(4 << 20))
         p.rclone = runner.Rclone(flags=["--bwlimit", "2M", *FAST_FAIL])
-        _kill_soon(dav, 0.5)
+        killer = _kill_when(dav, _uploading(dav.folder / "run"))
         with pytest.raises(errors.ColabMagicsError):
             p.trigger().result(timeout=120)
+        killer.join()
         assert p.status().state == "error" and p.status().last_error
         dav.start()
         cm.stage(f"{dav.name}:run", tmp_path / "check")
@@ -106,7 +117,7 @@ def test_ctrl_c_during_a_cli_push_leaves_nothing_behind(tmp_path):
         [sys.executable, "-m", "colab_magics.cli", "push", str(src), "--pack"],
         stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )  # fmt: skip
-    time.sleep(2.0)
+    wait_until(_uploading(remote / "src"), "the CLI's upload under way")
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "cancelled" in err and "Traceback" not in err

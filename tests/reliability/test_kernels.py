@@ -12,6 +12,7 @@ import queue
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -21,7 +22,8 @@ pytest.importorskip("ipykernel", reason="ipykernel is a test dependency")
 from kernels import kernel_env, outputs, run, running
 from procs import descendants
 from procs import running as processes_mentioning
-from trees import make_tree, snapshot
+from trees import make_tree, parts_staged, snapshot
+from waiting import PATIENCE, wait_until
 
 import colab_magics as cm
 
@@ -33,11 +35,10 @@ def _rclone_under(km) -> list[str]:
     return [cmd for _, cmd in descendants(km.provisioner.pid) if "rclone" in cmd]
 
 
-def _interrupt_after(km, kc, code: str, seconds: float, transferring: bool = True) -> tuple[dict, str, list[dict]]:
-    """Start ``code``, press Ctrl-C after ``seconds`` (as a front-end does), return its outputs."""
+def _interrupt_when(km, kc, code: str, ready: Callable[[], object], what: str) -> tuple[dict, str, list[dict]]:
+    """Start ``code``, press Ctrl-C (as a front-end does) once ``ready()``, return its outputs."""
     msg_id = kc.execute(code)
-    time.sleep(seconds)
-    assert _rclone_under(km) or not transferring, "the magic was not transferring when interrupted"
+    wait_until(ready, what)
     km.interrupt_kernel()
     out: list[dict] = []
     deadline = time.monotonic() + 60
@@ -49,7 +50,7 @@ def _interrupt_after(km, kc, code: str, seconds: float, transferring: bool = Tru
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             break
     reply = kc.get_shell_msg(timeout=60)
-    late = time.monotonic() + 5  # output published after the idle status (seen once under load on ipykernel 6)
+    late = time.monotonic() + PATIENCE  # output published after the idle status (seen under load on ipykernel 6)
     while reply["content"]["status"] == "error" and not any(m["msg_type"] == "error" for m in out) and \
             time.monotonic() < late:  # fmt: skip
         try:
@@ -84,7 +85,8 @@ def test_ctrl_c_during_drive_stage(tmp_path, no_loss, monkeypatch):
     remote, work, old, big = _old_data_and_a_big_dataset(tmp_path, monkeypatch)
     env = dict(kernel_env(tmp_path, remote), COLAB_MAGICS_RCLONE_FLAGS=SLOW)
     with running(work, env) as (km, kc):
-        reply, text, errors = _interrupt_after(km, kc, "%drive_stage big data --force", 2.0)
+        reply, text, errors = _interrupt_when(km, kc, "%drive_stage big data --force", lambda: _rclone_under(km),
+                                              "the stage's transfer")  # fmt: skip
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt", errors
         assert "dest is unchanged" in text and "run the same stage again to resume" in text
         assert not _rclone_under(km)  # every rclone child stopped
@@ -104,7 +106,8 @@ def test_ctrl_c_during_drive_push(tmp_path, no_loss, monkeypatch):
         run(kc, "%drive_push model models/model --pack")
         saved = snapshot(v1)
         (work / "model" / "big.bin").write_bytes(os.urandom(24 << 20))
-        reply, _, errors = _interrupt_after(km, kc, "%drive_push model models/model --pack --part-size 4M", 2.0)
+        reply, _, errors = _interrupt_when(km, kc, "%drive_push model models/model --pack --part-size 4M",
+                                           lambda: _rclone_under(km), "the push's transfer")  # fmt: skip
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt", errors
         assert not _rclone_under(km)
     assert not _leftovers(remote)  # no staging folder, no temporary manifest
@@ -130,7 +133,8 @@ def test_ctrl_c_during_persist_cell_flushes(tmp_path, no_loss, monkeypatch):
     remote, work = tmp_path / "remote", tmp_path / "work"
     work.mkdir()
     with running(work, kernel_env(tmp_path, remote)) as (km, kc):
-        reply, text, errors = _interrupt_after(km, kc, PERSIST_LOOP, 3.0, transferring=False)
+        manifest = remote / "outputs" / "manifest.json"
+        reply, text, errors = _interrupt_when(km, kc, PERSIST_LOOP, manifest.exists, "a background sync of the cell")
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "UsageError"
         assert reply["content"]["evalue"].startswith("interrupted; final sync done: ")  # it flushed everything
         assert not errors and "UsageError: interrupted; final sync done: " in text  # one line, no traceback
@@ -148,17 +152,12 @@ def test_kernel_killed_mid_stage(tmp_path, no_loss, monkeypatch):
     env = dict(kernel_env(tmp_path, remote), COLAB_MAGICS_RCLONE_FLAGS=SLOW)
     with running(work, env) as (km, kc):
         kc.execute("%drive_stage big data --force")
-        deadline = time.monotonic() + 30
-        while not _rclone_under(km) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(2.0)
+        wait_until(lambda: parts_staged(work / "data") > 0, "a whole part staged")
         os.kill(km.provisioner.pid, signal.SIGKILL)  # no finally, no cleanup
         km.provisioner.process.wait()
     no_loss(snapshot(old), snapshot(work / "data"), "dest after the kill")  # dest keeps its content
-    deadline = time.monotonic() + 15  # rclone children lose their parent: they must end on their own
-    while processes_mentioning(str(remote)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not processes_mentioning(str(remote)), "rclone children outlived the killed kernel"
+    # rclone children lose their parent: they must end on their own
+    wait_until(lambda: not processes_mentioning(str(remote)), "the end of the killed kernel's rclone children")
     result = cm.stage("big", work / "data", force=True)  # a fresh stage resumes and completes
     assert result.reused_parts >= 1
     no_loss(snapshot(big), snapshot(work / "data"), "dest after the resumed stage")
@@ -193,9 +192,7 @@ def test_two_kernels_persisting_to_one_folder(tmp_path, no_loss, monkeypatch):
         run(ka, "PREFIX = 'a'")
         run(kb, "PREFIX = 'b'")
         a_msg = ka.execute(TWO_WRITERS)
-        deadline = time.monotonic() + 30
-        while not (manifest.exists() and len(_manifest_files(manifest)) >= 5) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: manifest.exists() and len(_manifest_files(manifest)) >= 5, "kernel A's first syncs")
         # the second kernel is refused in one line while the first is alive
         reply, text, _ = outputs(kb, TWO_WRITERS)
         refused = reply["content"]

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 from trees import ODD_NAMES, plant_leftovers, rewrite_same_size, snapshot
+from waiting import wait_until
 
 import colab_magics as cm
 from colab_magics import errors
-from colab_magics.events import Job
+from colab_magics.events import Event, EventBus, Job, Kind
 from colab_magics.jobs import Context
 from colab_magics.packed.manifest import Manifest
 from colab_magics.persist import Persister
@@ -176,10 +177,12 @@ def _interrupt_an_upload(key: str, bucket: str) -> None:
         assert proc.stdin is not None
         proc.stdin.write(os.urandom(6 << 20))  # more than one chunk: the upload starts, and stays open
         proc.stdin.flush()
-        deadline = time.monotonic() + 120
-        while not any(key.endswith(k) for k in _unfinished_uploads(bucket)):
-            assert time.monotonic() < deadline and proc.poll() is None, "the upload never started"
-            time.sleep(0.2)
+
+        def started() -> bool:
+            assert proc.poll() is None, "rclone rcat ended before its upload started"
+            return any(key.endswith(k) for k in _unfinished_uploads(bucket))
+
+        wait_until(started, "the multipart upload's start", timeout=120, interval=0.2)
     finally:
         proc.kill()
         proc.wait()
@@ -247,19 +250,23 @@ def test_a_server_that_stops_answering_fails_in_bounded_time_and_ctrl_c_is_promp
     spool.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spool))
     slow = runner.Rclone(flags=["--bwlimit", "1M"])
-    pause = threading.Timer(1.5, third_party_server.pause)
     cancel = threading.Event()
     cancel_at: list[float] = []
-    ctrl_c = threading.Timer(3.0, lambda: (cancel_at.append(time.monotonic()), cancel.set()))
-    pause.start()
-    ctrl_c.start()
+
+    def hang_then_cancel(event: Event) -> None:  # once bytes move: the server hangs, then Ctrl-C
+        if event.kind is Kind.PROGRESS and event.progress.done_bytes > 0 and not cancel.is_set():
+            third_party_server.pause()
+            cancel_at.append(time.monotonic())
+            cancel.set()
+
+    bus = EventBus()
+    bus.subscribe(hang_then_cancel)
     try:
         with pytest.raises(errors.ColabMagicsError) as info:
-            cm.push(src, foreign.root, pack=True, part_size=1 << 20, rclone=slow, cancel=cancel)
+            cm.push(src, foreign.root, pack=True, part_size=1 << 20, rclone=slow, events=bus, cancel=cancel)
         after_cancel = time.monotonic() - cancel_at[0]
     finally:
-        pause.join()
-        ctrl_c.join()
+        bus.close()
         third_party_server.resume()
     assert isinstance(info.value, errors.TransferCancelled), info.value
     assert not list(spool.iterdir())  # no spooled copy of a part left behind
