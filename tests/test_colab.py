@@ -73,6 +73,20 @@ def test_elsewhere_the_embedded_folder_works_and_is_labelled_as_this_machine_onl
     assert "NOT safe to disconnect (kept on this machine only" in capsys.readouterr().out
 
 
+def test_on_kaggle_the_warning_says_how_to_keep_data_there(ip, tmp_path, monkeypatch, capsys):
+    """Kaggle has no Drive to mount: the embedded folder stays, and the one warning says what works there."""
+    monkeypatch.delenv("COLAB_MAGICS_REMOTE")
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data-home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"w" * 100)
+    ip.run_line_magic("drive_push", "model.pt")
+    err = capsys.readouterr().err
+    assert err.count("WARNING") == 1 and "lost if the runtime is lost" in err and len(err.strip().splitlines()) == 1
+    assert "Kaggle secret" in err and "mount Drive" not in err
+
+
 def _flushed_drive(tmp_path: Path) -> Path:
     """What the fake's flush uploaded: Drive itself, as the next mount would show it."""
     return tmp_path / "drive.drive"

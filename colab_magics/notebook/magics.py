@@ -30,7 +30,7 @@ from ..errors import ColabMagicsError
 from ..events import Direction, Event, Kind, bus
 from ..flush import FlushReport, flush
 from ..host import colab as host
-from ..host import deadline
+from ..host import deadline, kaggle
 from ..host.deadline import DeadlineWatch
 from ..jobs import Result
 from ..options import FLUSH, PART_SIZE, PERSIST, PUSH, REMOTE, STAGE, SYNC_INTERVAL, WORKERS, Option, resolve
@@ -203,11 +203,11 @@ class ColabMagics(Magics):
         """One loud line, once a session, the first time data is kept only on this machine."""
         if where == Where.THIS_MACHINE and not self._warned:
             self._warned = True
-            print(
-                f"colab_magics: WARNING: {dest} is a folder on this machine, lost if the runtime is lost. "
-                "Set COLAB_MAGICS_REMOTE (or %config ColabMagics.remote) to a remote, or mount Drive on Colab.",
-                file=sys.stderr,
+            how = kaggle.HINT if kaggle.on_kaggle() else (
+                "Set COLAB_MAGICS_REMOTE (or %config ColabMagics.remote) to a remote, or mount Drive on Colab."
             )
+            print(f"colab_magics: WARNING: {dest} is a folder on this machine, lost if the runtime is lost. {how}",
+                  file=sys.stderr)  # fmt: skip
 
     def _panel_kind(self) -> str:
         """"web" on Colab (its clicks act while a cell runs; see webpanel), "widgets" in other kernels

@@ -107,7 +107,7 @@ class Features(NamedTuple):
 
     hashes: tuple[str, ...]
     precision_ns: int  # modification time precision; an hour or more means none kept
-    flags: dict[str, bool]  # e.g. About, PartialUploads
+    flags: dict[str, bool]  # e.g. About
 
     def has(self, feature: str) -> bool:
         return self.flags.get(feature, False)

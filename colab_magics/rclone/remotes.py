@@ -19,9 +19,6 @@ from ..errors import BadInput, NoRemote
 from ..host.colab import drive_root, on_colab
 from .process import Rclone
 
-# Backends whose uploads appear only when complete (objects committed at the end).
-_ATOMIC_TYPES = {"s3", "drive", "google cloud storage", "gcs", "azureblob", "b2", "swift", "box"}
-
 
 def configured_root() -> str:
     return os.environ.get("COLAB_MAGICS_REMOTE", "").strip()
@@ -149,7 +146,6 @@ class RemoteInfo:
 
     type: str
     hashes: tuple[str, ...]
-    atomic_uploads: bool  # a file appears at its final name only when complete
     modtime_precision_s: float | None  # None: the remote keeps no modification times
     about: bool = False  # reports its quota and free space (``rclone about``)
 
@@ -173,12 +169,11 @@ def _info(binary: str, flags: tuple[str, ...], root: str) -> RemoteInfo:
     kind = _remote_type(rclone, root)
     features = rclone.features(root)
     precision = None if features.precision_ns >= 3600 * 10**9 else features.precision_ns / 1e9
-    atomic = kind in _ATOMIC_TYPES or features.has("PartialUploads")
-    return RemoteInfo(kind, features.hashes, atomic, precision, features.has("About"))
+    return RemoteInfo(kind, features.hashes, precision, features.has("About"))
 
 
 def remote_info(rclone: Rclone, path: str) -> RemoteInfo:
-    """Type, hashes and upload semantics of the backend that holds ``path`` (cached)."""
+    """Type, hashes, time precision and free-space reporting of the backend that holds ``path`` (cached)."""
     if not is_remote(path):
         root = "/"
     elif path.startswith(":"):  # connection string: the backend spec up to its closing colon
