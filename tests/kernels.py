@@ -32,8 +32,16 @@ def running(workdir: Path, env: dict[str, str]):
         run(kc, "%load_ext colab_magics")
         yield km, kc
     finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+        shut_down(km, kc)
+
+
+def shut_down(km, kc) -> None:
+    """Stop the client and the kernel, and close the client's zmq context now: jupyter_client closes it
+    only when the client is garbage-collected, which its reference cycles leave to chance (the leak check
+    then sees its eventfds)."""
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+    kc.context.destroy(linger=0)
 
 
 def outputs(kc, code: str, timeout: float = 60) -> tuple[dict, str, list[dict]]:

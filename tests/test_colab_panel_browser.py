@@ -126,6 +126,5 @@ def test_colab_panel_acts_while_the_persist_cell_runs_and_stays_live_after(tmp_p
             finally:
                 browser.close()
     finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+        kernels.shut_down(km, kc)
         s3.stop()

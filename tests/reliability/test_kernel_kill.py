@@ -16,7 +16,7 @@ import pytest
 jupyter_client = pytest.importorskip("jupyter_client", reason="jupyter_client is a test dependency")
 pytest.importorskip("ipykernel", reason="ipykernel is a test dependency")
 
-from kernels import kernel_env, run, start  # noqa: E402
+from kernels import kernel_env, run, shut_down, start  # noqa: E402
 from waiting import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.kernel
@@ -77,8 +77,7 @@ def test_sigkill_mid_persist_then_fresh_kernel_restores(tmp_path):
         os.kill(km.provisioner.pid, signal.SIGKILL)  # no finally, no final sync, no lock release
         km.provisioner.process.wait()
     finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+        shut_down(km, kc)
     os.system(f"rm -rf '{workdir / 'outputs'}'")  # the runtime's disk is gone too
 
     km, kc = start(workdir, env)
@@ -86,8 +85,7 @@ def test_sigkill_mid_persist_then_fresh_kernel_restores(tmp_path):
         run(kc, "%load_ext colab_magics")
         text = run(kc, RESUME)  # the dead kernel's lock is recognised as stale (same host, no such pid)
     finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+        shut_down(km, kc)
     m = re.search(r"RESUMED (\d+) (\d+) (\d+) (\d+) (\d+)", text)
     assert m, text
     resumed, inplace, first_log, last_log, log_lines = map(int, m.groups())
