@@ -161,6 +161,13 @@ class Persister:
         self._restore_first, self._steal_lock = restore, steal_lock  # what entering the ``with`` does
         self._report: PersistReport = report or _Unsaid()
         self._manifest: Manifest | None = None
+        # after a failed sync the remote's manifest is not known: the failure may have come after the commit
+        # (the old parts' deletion, the final check), and a sync built on the older manifest would name
+        # parts that are gone; the next sync reads it again
+        self._manifest_unsure = False
+        # leftovers of killed or failed runs may lie on the remote: true at start and after a failed sync,
+        # false after a sync of ours that swept and ended cleanly (the lock keeps other writers out)
+        self._unswept = True
         self._sync_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._wake = threading.Event()
@@ -318,15 +325,19 @@ class Persister:
                 if self.where is Where.MOUNT:  # never into the empty mount point Drive's flush leaves
                     require_drive_mounted(os.path.abspath(self.dest))
                 outcome = PackedSync(ctx, self.local, self.dest, options).run(
-                    self._manifest, fetch_old=False, before_commit=lambda: self.lock.check(ctx)
-                )
+                    self._manifest, fetch_old=self._manifest_unsure, before_commit=lambda: self.lock.check(ctx),
+                    sweep=self._unswept,
+                )  # fmt: skip
             except BaseException as exc:
+                self._unswept = True  # whatever it left (a part, a temporary manifest): the next sync sweeps
+                self._manifest_unsure = True
                 if isinstance(exc, LockLost):
                     self._lost = exc  # every later sync refuses at once
                 self._set(state=PersistState.ERROR, last_error=str(exc) or type(exc).__name__)
                 ctx.job.fail(str(exc) or type(exc).__name__)
                 raise
-            self._manifest = outcome.manifest
+            self._manifest, self._manifest_unsure = outcome.manifest, False
+            self._unswept = self._unswept and outcome.result.up_to_date  # an up-to-date sync sweeps nothing
             self._remember(outcome.manifest)
             with self._state_lock:
                 s = self._status

@@ -283,3 +283,40 @@ def test_cli_persist_syncs_and_passes_the_exit_status_on(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert missing.returncode == 127 and "command not found" in missing.stderr
+
+
+def test_a_sync_that_failed_after_its_commit_is_not_built_on_upon(tmp_path, monkeypatch):
+    """The old parts' deletion comes after the manifest is committed.  When it fails half-way, the
+    next sync must start from the committed manifest, not from the one before it, whose parts may
+    be gone: a manifest naming a deleted part would lose the files in it.  Here the file that made
+    the part stale is put back as it was (its bytes and time, as ``cp -p`` or ``rsync -a`` do), so
+    that, judged against the older manifest, the deleted part looks current again."""
+    from colab_magics.packed.upload import PackedSync
+
+    local = tmp_path / "out"
+    local.mkdir()
+    (local / "big.bin").write_bytes(os.urandom(1 << 20))
+    (local / "small.txt").write_text("kept as it is")  # shares big.bin's part, which is repacked below
+    p = Persister(local, every=3600, settle=0.0)
+    p.start()
+    try:
+        p.sync()
+        first, first_ns = (local / "big.bin").read_bytes(), os.stat(local / "big.bin").st_mtime_ns
+        (local / "big.bin").write_bytes(os.urandom(1 << 20))  # most of the part is stale now: repacked
+        real = PackedSync._delete_parts
+
+        def deleted_then_failed(self, names, quiet=False):  # type: ignore[no-untyped-def]
+            real(self, names, quiet)
+            raise errors.RcloneError("rclone delete failed (exit 1): the connection dropped after the delete")
+
+        monkeypatch.setattr(PackedSync, "_delete_parts", deleted_then_failed)
+        with pytest.raises(errors.RcloneError):
+            p.sync()
+        monkeypatch.setattr(PackedSync, "_delete_parts", real)
+        (local / "big.bin").write_bytes(first)
+        os.utime(local / "big.bin", ns=(first_ns, first_ns))
+        p.sync()
+    finally:
+        p.stop()
+    cm.stage(p.dest, tmp_path / "back")  # every part the manifest names is there
+    assert snapshot(tmp_path / "back") == snapshot(local)

@@ -76,7 +76,8 @@ def check_room(ctx: Context, dest: str, needed: int) -> None:
         return
     with _measured_lock:
         when, room = _measured.get(dest, (-FRESH_SECONDS, None))
-    if time.monotonic() - when >= FRESH_SECONDS or room is None or needed > room.free // 2:
+    # a remote that does not say (None: S3, most WebDAV servers) is asked again only once the measure is old
+    if time.monotonic() - when >= FRESH_SECONDS or (room is not None and needed > room.free // 2):
         room = measure(ctx.rc, dest)
         with _measured_lock:
             _measured[dest] = (time.monotonic(), room)

@@ -128,9 +128,17 @@ class PackedSync:
         return tree
 
     def run(
-        self, old: Manifest | None = None, *, fetch_old: bool = True, before_commit: Callable[[], None] | None = None
+        self,
+        old: Manifest | None = None,
+        *,
+        fetch_old: bool = True,
+        before_commit: Callable[[], None] | None = None,
+        sweep: bool = True,
     ) -> SyncOutcome:
-        """Upload what changed; ``before_commit`` may veto (raise) just before the manifest is replaced."""
+        """Upload what changed; ``before_commit`` may veto (raise) just before the manifest is replaced.
+        ``sweep``: also look for what killed or failed runs left (two listings); a caller that knows
+        nothing can be left there (its own previous sync ended cleanly, and its lock keeps others
+        out) skips them."""
         tree = self.settled_scan()
         if fetch_old:
             old = self.load_old()
@@ -171,7 +179,7 @@ class PackedSync:
             if torn:
                 logger.debug("%d file(s) changed while read, left for the next sync: %s", len(torn), sorted(torn)[:20])
             manifest, final = self._build(tree, old, old_files, served, new_parts, torn, digests, taken)
-            if old is not None and not new_parts and manifest.to_json() == old.to_json():
+            if old is not None and not new_parts and manifest == old:
                 logger.debug("%s is up to date: its manifest stays as it is", self.dest)
                 return SyncOutcome(self._result(final, up_to_date=True), old, sorted(torn))
             if before_commit is not None:
@@ -182,7 +190,7 @@ class PackedSync:
             if new_parts:  # published but never named by a manifest: ours to remove
                 self._delete_parts({entry.name for entry, _ in new_parts}, quiet=True)
             raise
-        self._remove_unreferenced(manifest, old)
+        self._remove_unreferenced(manifest, old, sweep)
         moved = sum(taken[p].size for p in to_upload if p in taken and p not in torn)
         result = self._result(final, moved_files=len([p for p in to_upload if p not in torn]), moved_bytes=moved)
         result.reused_parts = len(manifest.parts) - len(new_parts)
@@ -371,29 +379,38 @@ class PackedSync:
         """Replace the manifest, proven: the parts the old one needs are removed only after this."""
         self.ctx.replace(remotes.join(self.dest, MANIFEST_NAME), manifest.to_json())
 
-    def _remove_unreferenced(self, manifest: Manifest, old: Manifest | None) -> None:
-        """Delete our own parts the new manifest no longer needs (for good, not to Drive's Trash)."""
+    def _remove_unreferenced(self, manifest: Manifest, old: Manifest | None, stale: bool) -> None:
+        """Delete our own parts the new manifest no longer needs (for good, not to Drive's Trash);
+        ``stale``: also what killed runs left (found by listing)."""
         keep = {p.name for p in manifest.parts}
         doomed = {p.name for p in old.parts} - keep if old else set()
+        unreferenced = len(doomed)
+        if stale:
+            doomed |= self._stale_parts(keep)
+            sweep(self.ctx, self.dest, _TEMPORARY)
+            abort_stale_uploads(self.ctx, [remotes.join(self.dest, p) for p in (".cm-", f"{MANIFEST_NAME}.cm-tmp-")])
+        logger.debug(
+            "%s: %d part(s) no longer referenced, %d stale part(s) of killed runs to delete%s",
+            self.dest, unreferenced, len(doomed) - unreferenced, "" if stale else " (not looked for)",
+        )  # fmt: skip
+        if doomed:
+            self._delete_parts(doomed)
+            if _folders(doomed) - _folders(keep):  # a folder that may now be empty (one that holds a kept part cannot)
+                quietly(self.ctx.rc, "rmdirs", remotes.join(self.dest, "parts"), "--leave-root")
+
+    def _stale_parts(self, keep: set[str]) -> set[str]:
+        """Parts no manifest names that are old enough to be a killed run's, not a live push's."""
         try:
             listing = self.ctx.rc.lsjson("-R", "--files-only", remotes.join(self.dest, "parts"))
         except RemoteNotFound:
-            listing = []
+            return set()
         now = time.time()
-        unreferenced = len(doomed)
+        stale = set()
         for entry in listing:
             name = "parts/" + remotes.listed_name(entry.path)
             if name not in keep and age(name, entry.mod_time, now) > STALE_SECONDS:
-                doomed.add(name)
-        logger.debug(
-            "%s: %d part(s) no longer referenced, %d stale part(s) of killed runs to delete",
-            self.dest, unreferenced, len(doomed) - unreferenced,
-        )  # fmt: skip
-        sweep(self.ctx, self.dest, _TEMPORARY)
-        abort_stale_uploads(self.ctx, [remotes.join(self.dest, p) for p in (".cm-", f"{MANIFEST_NAME}.cm-tmp-")])
-        if doomed:
-            self._delete_parts(doomed)
-            quietly(self.ctx.rc, "rmdirs", remotes.join(self.dest, "parts"), "--leave-root")
+                stale.add(name)
+        return stale
 
     def _delete_parts(self, names: set[str], quiet: bool = False) -> None:
         """Delete our own parts in one call (for good, not to Drive's Trash); ``quiet``: one brief try
@@ -412,6 +429,9 @@ class PackedSync:
             Path(listfile.name).unlink(missing_ok=True)
 
 
+def _folders(parts: set[str]) -> set[str]:
+    """The ``parts/NNN`` folders that hold these parts."""
+    return {name.rsplit("/", 1)[0] for name in parts}
 
 
 class _Sink:

@@ -65,7 +65,9 @@ def test_packed_push_of_a_same_size_rewrite_reaches_the_remote(foreign, tmp_path
 @pytest.mark.fault("same-size rewrite, persist")
 def test_persist_syncs_same_size_rewrites_and_keeps_its_lock(foreign, tmp_path, no_loss):
     local = _checkpoints(tmp_path / "outputs")
-    p = Persister(local, foreign.root, every=3600, settle=0.0)
+    # no heartbeat of its own during the test (one every ttl / 3): a refresh in its thread at the moment
+    # of the test's would replace the lock under the test's check, with the same owner and a later expiry
+    p = Persister(local, foreign.root, every=3600, settle=0.0, lock_ttl=3600.0)
     p.start()
     try:
         ctx = Context(Rclone(), Job("check", "down"), None)
