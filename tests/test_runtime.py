@@ -96,7 +96,7 @@ def test_progress_events_describe_the_job(tmp_path):
 
 
 def test_rclone_stats_become_progress(tmp_path):
-    src = make_tree(tmp_path / "src", small=30, big=1 << 20, odd=False)
+    src = make_tree(tmp_path / "src", small=30, big=4 << 20, odd=False)  # at 1 MiB/s: seconds of stats lines
     bus = EventBus()
     seen: list[Event] = []
     bus.subscribe(seen.append)
