@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, TypeVar
 
 from .. import log
 from ..errors import (
@@ -51,6 +51,7 @@ from . import output
 from .binary import find_rclone
 
 logger = logging.getLogger(__name__)
+Parsed = TypeVar("Parsed")
 
 StatsCallback = Callable[[Progress], None]
 NoteCallback = Callable[[str], None]  # what holds a child up now ("" once it moves again)
@@ -565,29 +566,30 @@ class Rclone:
 
     def json(self, *args: str) -> object:
         """Run a command that prints JSON; its value, not checked yet (see the typed calls below)."""
-        return output.decode(self.run(*args), log.command_line(args))
+        return self._parsed(lambda value, _: value, *args)
+
+    def _parsed(self, parse: Callable[[object, str], Parsed], *args: str) -> Parsed:
+        """Run a command that prints JSON and read it with ``parse``; both name the command in their errors."""
+        command = log.command_line(args)
+        return parse(output.decode(self.run(*args), command), command)
 
     def lsjson(self, *args: str) -> list[output.Entry]:
         """``rclone lsjson args...`` of a folder, every entry checked."""
-        return output.listing(self.json("lsjson", *args), log.command_line(["lsjson", *args]))
+        return self._parsed(output.listing, "lsjson", *args)
 
     def stat(self, path: str, *flags: str) -> output.Entry:
         """``rclone lsjson --stat path flags...``: the one entry at ``path``."""
-        args = ["lsjson", "--stat", path, *flags]
-        return output.entry(self.json(*args), log.command_line(args))
+        return self._parsed(output.entry, "lsjson", "--stat", path, *flags)
 
     def features(self, root: str) -> output.Features:
-        args = ["backend", "features", root]
-        return output.features(self.json(*args), log.command_line(args))
+        return self._parsed(output.features, "backend", "features", root)
 
     def about(self, path: str) -> output.About:
-        args = ["about", "--json", path]
-        return output.about(self.json(*args), log.command_line(args))
+        return self._parsed(output.about, "about", "--json", path)
 
     def remote_types(self) -> dict[str, str]:
         """Each configured remote's backend type, by name."""
-        args = ["listremotes", "--json"]
-        return output.remote_types(self.json(*args), log.command_line(args))
+        return self._parsed(output.remote_types, "listremotes", "--json")
 
 
 def _pipe(pipe: IO[bytes] | None, name: str) -> IO[bytes]:
