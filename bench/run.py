@@ -575,18 +575,14 @@ def main() -> int:
                 rows["stage"].files = files
                 if up_to_date:
                     rows["stage"].notes.append("a fresh stage reported up to date: it did nothing")
-                again = rows["restage"].add(run.stage, dest)
-                if again:
-                    rows["restage"].times.append(again[0])
-                    rows["restage"].files = again[1]
-                    if not again[3]:
-                        rows["restage"].notes.insert(0, "NOT up to date: the repeat staged everything again")
-                by_cli = rows["restage_cli"].add(run.stage_cli, dest)
-                if by_cli:
-                    rows["restage_cli"].times.append(by_cli[0])
-                    rows["restage_cli"].files = by_cli[1]
-                    if not by_cli[2]:
-                        rows["restage_cli"].notes.insert(0, "NOT up to date: the CLI staged everything again")
+                repeats = (("restage", run.stage, "the repeat"), ("restage_cli", run.stage_cli, "the CLI"))
+                for key, measure, who in repeats:
+                    again = rows[key].add(measure, dest)  # (seconds, files, ..., up to date)
+                    if again:
+                        rows[key].times.append(again[0])
+                        rows[key].files = again[1]
+                        if not again[-1]:
+                            rows[key].notes.insert(0, f"NOT up to date: {who} staged everything again")
             got = rows["push"].add(run.push, src)
             if got:
                 rows["push"].times.append(got[0])

@@ -146,9 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _quiet_stop(unsubscribe: object) -> None:
+def _quiet_stop(unsubscribe: Callable[[], None]) -> None:
     bus.flush()
-    unsubscribe()  # type: ignore[operator]
+    unsubscribe()
 
 
 if __name__ == "__main__":
