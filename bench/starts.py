@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,8 +54,8 @@ from servers import Server  # noqa: E402
 
 from colab_magics.destination import space  # noqa: E402
 from colab_magics.persist import Persister  # noqa: E402
+from colab_magics.rclone import daemon, remotes  # noqa: E402
 from colab_magics.rclone import process as runner  # noqa: E402
-from colab_magics.rclone import remotes  # noqa: E402
 from colab_magics.rclone.binary import find_rclone  # noqa: E402
 
 STEPS = ("start", "first", "sync", "unchanged", "heartbeat", "stop")
@@ -66,6 +68,8 @@ LABELS = {
     "stop": "final stop (one small change, release)",
 }
 TARGETS = {"sync": 1, "unchanged": 1, "heartbeat": 0}  # at most this many starts (issue #12)
+SYNC_SECONDS = 0.5  # issue #12: a sync of one small changed file, on both remotes
+SYNC_REPEATS = 5
 FILES = 20  # small files in the persisted folder
 
 
@@ -73,33 +77,62 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+@dataclass
+class Step:
+    """What one step cost: rclone children started (by subcommand), daemon calls (by method), seconds."""
+
+    starts: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
 class Starts:
-    """Every rclone child this process starts while :meth:`counting`, by subcommand."""
+    """Every rclone child this process starts, and every call to the rclone daemon, while :meth:`counting`."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._commands: list[str] | None = None
-        original = runner.RcloneProcess.__init__
+        self._step: Step | None = None
+        start, call = runner.RcloneProcess.__init__, runner.Rclone.call
 
-        @functools.wraps(original)
-        def counted(process: runner.RcloneProcess, argv: Any, *args: Any, **kw: Any) -> None:
-            with self._lock:
-                if self._commands is not None:
-                    self._commands.append(_subcommand(list(argv)))
-            original(process, argv, *args, **kw)
+        @functools.wraps(start)
+        def counted_start(process: runner.RcloneProcess, argv: Any, *args: Any, **kw: Any) -> None:
+            self._add("starts", _subcommand(list(argv)))
+            start(process, argv, *args, **kw)
 
-        runner.RcloneProcess.__init__ = counted  # type: ignore[method-assign]
+        @functools.wraps(call)
+        def counted_call(rclone: runner.Rclone, method: str, params: dict, **kw: Any) -> dict:
+            self._add("calls", method.split("/", 1)[-1])
+            return call(rclone, method, params, **kw)
+
+        runner.RcloneProcess.__init__ = counted_start  # type: ignore[method-assign]
+        runner.Rclone.call = counted_call  # type: ignore[method-assign]
+        # the daemon's own start is a child too: its watcher runs it (sh -c ... rclone rcd)
+        launch = daemon.Daemon.__init__
+
+        @functools.wraps(launch)
+        def counted_launch(d: daemon.Daemon, *args: Any, **kw: Any) -> None:
+            self._add("starts", "rcd")
+            launch(d, *args, **kw)
+
+        daemon.Daemon.__init__ = counted_launch  # type: ignore[method-assign]
+
+    def _add(self, what: str, name: str) -> None:
+        with self._lock:
+            if self._step is not None:
+                getattr(self._step, what).append(name)
 
     @contextmanager
-    def counting(self) -> Iterator[list[str]]:
-        commands: list[str] = []
+    def counting(self) -> Iterator[Step]:
+        step = Step()
         with self._lock:
-            self._commands = commands
+            self._step = step
+        t0 = time.perf_counter()
         try:
-            yield commands
+            yield step
         finally:
+            step.seconds = time.perf_counter() - t0
             with self._lock:
-                self._commands = None
+                self._step = None
 
 
 def _subcommand(argv: list[str]) -> str:
@@ -116,8 +149,8 @@ def _touch(folder: Path, step: str) -> None:
         fh.write(f"{step} {time.time_ns()}\n")
 
 
-def measure(kind: str, dest: str, local: Path, starts: Starts) -> dict[str, list[str]]:
-    """The rclone children of each step of one persist of ``local`` to ``dest``."""
+def measure(kind: str, dest: str, local: Path, starts: Starts) -> dict[str, Step]:
+    """The rclone children, daemon calls and time of each step of one persist of ``local`` to ``dest``."""
     local.mkdir(parents=True)
     for i in range(FILES):
         (local / f"file{i:02d}.bin").write_bytes(os.urandom(1024))
@@ -125,9 +158,10 @@ def measure(kind: str, dest: str, local: Path, starts: Starts) -> dict[str, list
     earlier = Persister(local, dest, every=3600)  # an earlier kernel's persist: not measured
     earlier.start()
     earlier.stop()
-    remotes._info.cache_clear()  # as in a new kernel: nothing known about the remote yet
+    remotes._info.cache_clear()  # as in a new kernel: nothing known about the remote yet, no daemon
     space._measured.clear()
-    steps: dict[str, list[str]] = {}
+    daemon.stop_all()
+    steps: dict[str, Step] = {}
     actions: dict[str, Callable[[], object]] = {}
     persister: Persister
 
@@ -142,40 +176,53 @@ def measure(kind: str, dest: str, local: Path, starts: Starts) -> dict[str, list
     actions["unchanged"] = lambda: persister.sync(settle=0.0)
     actions["heartbeat"] = lambda: persister.lock.refresh(persister._context())
     actions["stop"] = lambda: (_touch(local, "stop"), persister.stop(final=True))
-    for step in STEPS:
-        with starts.counting() as commands:
-            actions[step]()
-        steps[step] = list(commands)
-        log(f"{kind}: {step}: {len(commands)} start(s)")
+    for name in STEPS:
+        times = []
+        for _ in range(SYNC_REPEATS if name == "sync" else 1):  # a sync's time: the median of a few
+            with starts.counting() as step:
+                actions[name]()
+            times.append(step.seconds)
+        steps[name] = step  # the counts of the last: the same each time
+        step.seconds = statistics.median(times)
+        log(f"{kind}: {name}: {len(steps[name].starts)} start(s), {len(steps[name].calls)} call(s)")
+    daemon.stop_all()
     return steps
 
 
-def report(measured: dict[str, dict[str, list[str]]], rclone_version: str) -> tuple[str, list[dict]]:
+def _said(names: list[str]) -> str:
+    return ", ".join(f"{c} x{n}" if n > 1 else c for c, n in Counter(names).items()) or "-"
+
+
+def report(measured: dict[str, dict[str, Step]], rclone_version: str) -> tuple[str, list[dict]]:
     lines = [
         "",
-        f"rclone process starts of one persist ({FILES + 1} small files; {rclone_version}); counted, not timed",
+        f"rclone process starts and daemon calls of one persist ({FILES + 1} small files; {rclone_version})",
         "",
     ]
     p = lines.append
-    head = f"{'remote':<7}  {'step':<40}  {'starts':>6}  subcommands"
+    head = f"{'remote':<7}  {'step':<40}  {'starts':>6}  {'calls':>5}  {'time':>7}  what"
     p(head)
     p("-" * len(head))
     for kind, steps in measured.items():
-        for step in STEPS:
-            commands = steps[step]
-            said = ", ".join(f"{c} x{n}" if n > 1 else c for c, n in Counter(commands).items()) or "-"
-            p(f"{kind:<7}  {LABELS[step]:<40}  {len(commands):>6}  {said}")
+        for name in STEPS:
+            step = steps[name]
+            what = f"{_said(step.starts)} | {_said(step.calls)}"
+            counts = f"{len(step.starts):>6}  {len(step.calls):>5}  {step.seconds:>6.3f}s"
+            p(f"{kind:<7}  {LABELS[name]:<40}  {counts}  {what}")
     targets = []
-    for step, goal in TARGETS.items():
-        worst = max(len(steps[step]) for steps in measured.values())
-        targets.append({"target": f"rclone process starts per {LABELS[step]}", "value": worst,
+    for name, goal in TARGETS.items():
+        worst = max(len(steps[name].starts) for steps in measured.values())
+        targets.append({"target": f"rclone process starts per {LABELS[name]}", "value": worst,
                         "goal": f"<= {goal}", "result": "PASS" if worst <= goal else "MISS"})  # fmt: skip
+    slowest = max(steps["sync"].seconds for steps in measured.values())
+    targets.append({"target": f"seconds per {LABELS['sync']} (median of {SYNC_REPEATS})", "value": round(slowest, 3),
+                    "goal": f"< {SYNC_SECONDS}", "result": "PASS" if slowest < SYNC_SECONDS else "MISS"})  # fmt: skip
     p("")
-    head = f"{'target (worst remote)':<62}  {'value':>5}  {'goal':<5}  result"
+    head = f"{'target (worst remote)':<62}  {'value':>6}  {'goal':<6}  result"
     p(head)
     p("-" * len(head))
     for tg in targets:
-        p(f"{tg['target']:<62}  {tg['value']:>5}  {tg['goal']:<5}  {tg['result']}")
+        p(f"{tg['target']:<62}  {tg['value']:>6}  {tg['goal']:<6}  {tg['result']}")
     text = "\n".join(lines)
     print(text, flush=True)
     return text, targets
@@ -192,7 +239,7 @@ def main() -> int:
     rclone_version = subprocess.run([find_rclone(), "version"], capture_output=True, text=True).stdout.split("\n")[0]
     kinds = ("local", "webdav") if args.remote == "both" else (args.remote,)
     starts = Starts()
-    measured: dict[str, dict[str, list[str]]] = {}
+    measured: dict[str, dict[str, Step]] = {}
     with tempfile.TemporaryDirectory(prefix="cm-bench-starts-") as tmp:
         base = Path(tmp)
         os.environ["RCLONE_CONFIG"] = "/dev/null"
@@ -210,7 +257,8 @@ def main() -> int:
                 server.stop()
     text, targets = report(measured, rclone_version)
     results.save(args.json, started, {"remotes": list(kinds), "files": FILES + 1}, {"rclone": rclone_version},
-                 steps=measured, targets=targets, table=text)  # fmt: skip
+                 steps={k: {n: asdict(st) for n, st in v.items()} for k, v in measured.items()},
+                 targets=targets, table=text)  # fmt: skip
     return 0
 
 

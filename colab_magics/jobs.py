@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Callable, TypeVar
+from typing import IO, Any, Callable, TypeVar
 
 import humanize
 import platformdirs
@@ -24,7 +24,7 @@ from .destination.safety import Where
 from .errors import ColabMagicsError, RemoteNotFound, TransferCancelled, VerificationError
 from .events import MEANINGFUL_BYTES, Direction, EventBus, Job, Progress
 from .rclone import remotes
-from .rclone.process import FAIL_FAST, Rclone, RcloneProcess
+from .rclone.process import Rclone, RcloneProcess
 from .rclone.remotes import remote_info
 
 T = TypeVar("T")
@@ -107,6 +107,11 @@ class Context:
     def on_note(self, note: str) -> None:
         self.job.update(note=note)
 
+    @property
+    def watch(self) -> dict[str, Any]:
+        """What a daemon call of this job takes (``**ctx.watch``): its cancel, and where its notes go."""
+        return {"cancel": self.cancel, "on_note": self.on_note}
+
     def start(self, *args: str, stdin: int | None = None) -> RcloneProcess:
         p = self.rc.start(*args, stdin=stdin, on_note=self.on_note)
         with self._lock:
@@ -117,46 +122,44 @@ class Context:
         return self.rc.run(*args, on_stats=self.on_stats if stats else None, on_note=self.on_note, cancel=self.cancel)
 
     def read_optional(self, path: str) -> bytes | None:
-        """Content of the small remote file ``path``, or None where it does not exist.
-
-        ``copyto`` into a temporary file costs one request less than ``cat`` on path-based
-        remotes (WebDAV, Drive), which matters at a few requests per second.  On bucket
-        remotes a missing object copies nothing and exits 0: no file means no object.
-        """
+        """Content of the small remote file ``path``, or None where it does not exist (one daemon call)."""
         with tempfile.TemporaryDirectory(prefix="cm-read-") as tmp:
             target = os.path.join(tmp, "file")
             try:
-                self.run("copyto", path, target, "--retries", "1")
+                self.rc.copyfile(path, target, **self.watch)
             except RemoteNotFound:
                 return None
             try:
                 with open(target, "rb") as fh:
                     return fh.read()
-            except FileNotFoundError:
+            except FileNotFoundError:  # a bucket remote: a missing object copies nothing
                 return None
 
     def replace(self, final: str, data: bytes) -> None:
         """Put the small file ``data`` at ``final`` and prove it is there.
 
         The final name holds the old or the new content, never a half: ``data`` goes up under a
-        temporary name, is checked, and is moved over ``final``.  The move needs ``--ignore-times``:
-        without it rclone compares the two files, and on a backend that keeps neither hashes nor
-        modification times (generic WebDAV: Apache, nginx, WsgiDAV) equal sizes make them "equal",
-        so it deletes the new file, keeps the old one and exits 0.  Whatever the backend claims, the
+        temporary name, is checked, and is moved over ``final`` whatever that holds (see
+        :meth:`~.rclone.process.Rclone.moveto`: generic WebDAV servers keep neither hashes nor
+        times, and a plain move would keep the old file of equal size).  Whatever the backend claims, the
         final name is then read back (its MD5 where the remote keeps one, else its bytes) and
         compared with ``data``; callers remove nothing the old content needed until this returns.
         """
         tmp = f"{final}.cm-tmp-{short_id()}"
         md5 = hashlib.md5(data).hexdigest()
         try:
-            self.rc.run("rcat", tmp, input=data, cancel=self.cancel)
+            with tempfile.TemporaryDirectory(prefix="cm-write-") as folder:
+                source = os.path.join(folder, "file")
+                with open(source, "wb") as fh:
+                    fh.write(data)
+                self.rc.copyfile(source, tmp, **self.watch)
             verify_upload(self, tmp, len(data), md5)
-            self.run("moveto", tmp, final, "--ignore-times")
+            self.rc.moveto(tmp, final, **self.watch)
         except BaseException:
-            quietly(self.rc, "deletefile", tmp)
+            quietly(self.rc.deletefile, tmp)
             raise
         if remote_info(self.rc, final).md5:
-            got = self.rc.stat(final, "--hash", "--hash-type", "md5")
+            got = self.rc.stat(final, hash="md5", **self.watch)
             same = got.size == len(data)
             remote_md5 = got.hash("md5")
             if same:  # an object stored without an MD5 is compared by its bytes
@@ -276,24 +279,20 @@ class Result:
 CLEANUP_SECONDS = 1.5  # per clean-up call: a Ctrl-C must end in seconds even with the server gone
 
 
-def quietly(rclone: Rclone, *args: str, within: float = CLEANUP_SECONDS) -> None:
-    """Clean up our own temporary files with one brief try: its failure must not hide the real error,
-    and a dead server must not hold up a Ctrl-C.  What it leaves, the next run sweeps away."""
+def quietly(action: Callable[..., None], *args: str, within: float = CLEANUP_SECONDS) -> None:
+    """Clean up our own temporary files with one brief try (``action`` is one of :class:`Rclone`'s
+    calls, such as ``rc.deletefile``): its failure must not hide the real error, and a dead server must
+    not hold up a Ctrl-C.  What it leaves, the next run sweeps away."""
     try:
-        with rclone.start(*args, *FAIL_FAST) as p:
-            if p.exited_within(within):
-                p.wait()
-            else:
-                logger.debug("clean-up %s left to the next run: no answer within %.1fs", args[0], within)
-                p.stop(grace=0.5)
+        action(*args, brief=True, within=within)
     except Exception as exc:
-        logger.debug("clean-up %s left to the next run: %s", args[0], exc)
+        logger.debug("clean-up %s %s left to the next run: %s", getattr(action, "__name__", action), args, exc)
 
 
 def verify_upload(ctx: Context, remote: str, size: int, md5: str | None) -> None:
     """Sizes always, MD5 where the remote keeps it."""
     has_md5 = remote_info(ctx.rc, remote).md5
-    got = ctx.rc.stat(remote, *(["--hash", "--hash-type", "md5"] if has_md5 else []))
+    got = ctx.rc.stat(remote, hash="md5" if has_md5 else "", **ctx.watch)
     if got.size != size:
         raise VerificationError(f"{remote}: uploaded {size:,} bytes but the remote holds {got.size:,}; push again")
     remote_md5 = got.hash("md5")
@@ -365,7 +364,7 @@ def abort_stale_uploads(ctx: Context, prefixes: list[str]) -> None:
     logger.debug("multipart sweep: %d prefix(es) to do, %d done before", len(todo), len(prefixes) - len(todo))
     for prefix in todo:
         try:
-            ctx.rc.run("backend", "cleanup", prefix, "-o", f"max-age={int(STALE_SECONDS)}s")
+            ctx.rc.backend("cleanup", prefix, {"max-age": f"{int(STALE_SECONDS)}s"})
         except ColabMagicsError as exc:  # the sweep never fails the work it follows; the next process tries again
             logger.debug("multipart sweep of %s skipped: %s", prefix, exc)
 
@@ -374,7 +373,7 @@ def sweep(ctx: Context, folder: str, prefixes: tuple[str, ...]) -> None:
     """Remove what killed runs left in ``folder``: our temporary files and folders (names that start
     with one of ``prefixes``) older than :data:`STALE_SECONDS`, in one listing and one brief try each."""
     try:
-        listing = ctx.rc.lsjson("--max-depth", "1", folder)
+        listing = ctx.rc.lsjson(folder, **ctx.watch)
     except ColabMagicsError as exc:  # the sweep never fails the work it follows
         logger.debug("stale sweep of %s skipped: %s", folder, exc)
         return
@@ -382,4 +381,4 @@ def sweep(ctx: Context, folder: str, prefixes: tuple[str, ...]) -> None:
     stale = [e for e in listing if e.path.startswith(prefixes) and age(e.path, e.mod_time, now) > STALE_SECONDS]
     logger.debug("stale sweep of %s: %d of %d entries are leftovers of killed runs", folder, len(stale), len(listing))
     for entry in stale:
-        quietly(ctx.rc, "purge" if entry.is_dir else "deletefile", remotes.join(folder, entry.path))
+        quietly(ctx.rc.purge if entry.is_dir else ctx.rc.deletefile, remotes.join(folder, entry.path))

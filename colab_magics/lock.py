@@ -98,7 +98,7 @@ class RemoteLock:
     def release(self, ctx: Context) -> None:
         owner = self._read(ctx).get("owner")
         if owner == self.owner:
-            quietly(self.rclone, "deletefile", self.path)
+            quietly(self.rclone.deletefile, self.path)
         logger.debug("lock %s %s", self.path, "released" if owner == self.owner else f"not released: held by {owner}")
 
 

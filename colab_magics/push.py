@@ -116,7 +116,8 @@ def _sweep_beside(ctx: Context, dest: str) -> None:
 
 def _check_complete(ctx: Context, dest: str, planned: dict[str, FileStat], links: set[str], skip: set[str]) -> None:
     """Every file meant to be there is at dest with its size: nothing dropped without a word."""
-    there = {remotes.listed_name(e.path): e.size for e in ctx.rc.lsjson("-R", "--files-only", dest)}
+    listing = ctx.rc.lsjson(dest, recurse=True, files_only=True, **ctx.watch)
+    there = {remotes.listed_name(e.path): e.size for e in listing}
     missing = [p for p, f in planned.items() if p not in skip and p not in links and there.get(p) != f.size]
     if missing:
         raise VerificationError(
@@ -137,12 +138,10 @@ def _push_file(ctx: Context, src: str, dest: str) -> Result:
             raise SourceChanged(f"{src} changed while it was being uploaded; push again once it is written")
         md5 = md5_file(src) if remotes.remote_info(ctx.rc, dest).md5 else None
         verify_upload(ctx, tmp, before.st_size, md5)
-        # --ignore-times: where the remote keeps no hashes or times, rclone would take an old file
-        # of the same size for this one, drop the upload and exit 0
-        ctx.run("moveto", tmp, dest, "--ignore-times")
+        ctx.rc.moveto(tmp, dest, **ctx.watch)
         verify_upload(ctx, dest, before.st_size, md5)
     except BaseException:
-        quietly(ctx.rc, "deletefile", tmp)
+        quietly(ctx.rc.deletefile, tmp)
         raise
     _sweep_beside(ctx, dest)
     return _result(ctx, src, dest, "file", 1, before.st_size)
@@ -221,7 +220,7 @@ def _push_folder(ctx: Context, src: str, dest: str) -> Result:
         uploaded += len(direct)
         _check_complete(ctx, dest, snapshot, links, set(changed))
     finally:
-        quietly(ctx.rc, "purge", tmp)
+        quietly(ctx.rc.purge, tmp)
     _sweep_beside(ctx, dest)
     journal.save({name: state for name, state in states.items() if name.removesuffix(".rclonelink") not in changed})
     if changed:
@@ -244,10 +243,9 @@ def _remote_size(state: list) -> int:
 
 def _listing(ctx: Context, dest: str, hash_types: tuple[str, ...]) -> dict[str, tuple[int, str]]:
     """The files at ``dest`` by name: (size, hash); the hash is "" where the remote has none for it."""
-    args = ["-R", "--files-only", dest]
-    args += ["--hash", "--hash-type", hash_types[0]] if hash_types else []
     try:
-        listing = ctx.rc.lsjson(*args)
+        hashed = hash_types[0] if hash_types else ""
+        listing = ctx.rc.lsjson(dest, recurse=True, files_only=True, hash=hashed, **ctx.watch)
     except RemoteNotFound:
         return {}
     return {remotes.listed_name(e.path): (e.size, e.hash(hash_types[0]) if hash_types else "") for e in listing}
@@ -291,7 +289,7 @@ def _check_staged(
     answers 404 for it, s3rver's for ``#`` and ``+``), which are dropped from ``tmp``.
     """
     try:
-        listing = ctx.rc.lsjson("-R", "--files-only", tmp, *(["--hash", "--hash-type", "md5"] if md5 else []))
+        listing = ctx.rc.lsjson(tmp, recurse=True, files_only=True, hash="md5" if md5 else "", **ctx.watch)
     except RemoteNotFound:  # nothing needed uploading: the staging folder was never made
         return False, 0, []
     uploaded = 0
@@ -300,7 +298,7 @@ def _check_staged(
         rel = remotes.listed_name(entry.path)
         if _MOVE_UNSAFE.search(rel):
             direct.append(rel)
-            ctx.run("deletefile", remotes.join(tmp, entry.path))
+            ctx.rc.deletefile(remotes.join(tmp, entry.path), **ctx.watch)
             continue
         if rel.removesuffix(".rclonelink") in links:  # a symlink, stored as its target's text
             uploaded += 1
@@ -316,7 +314,7 @@ def _check_staged(
             ok = md5_file(local) == remote_md5
         if not ok:
             changed += [] if rel in changed else [rel]
-            ctx.run("deletefile", remotes.join(tmp, entry.path))  # rclone reads its listed form back
+            ctx.rc.deletefile(remotes.join(tmp, entry.path), **ctx.watch)  # rclone reads its listed form back
         else:
             uploaded += 1
     return True, uploaded, direct

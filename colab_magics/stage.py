@@ -126,13 +126,13 @@ class _Stage:
             manifest = Manifest.from_json(raw, self.src)
             return "packed", {"manifest": hashlib.sha256(raw).hexdigest()}, manifest, manifest.total_bytes
         try:
-            info = self.ctx.rc.stat(self.src)
+            info = self.ctx.rc.stat(self.src, **self.ctx.watch)
         except RemoteNotFound:
             raise RemoteNotFound(f"{self.src} does not exist on the remote; check the name") from None
         if info.is_dir:
             remote = remotes.remote_info(self.ctx.rc, self.src)
-            hashed = ["--hash", "--hash-type", remote.hashes[0]] if remote.hashes else []
-            listing = self.ctx.rc.lsjson("-R", "--files-only", self.src, *hashed)
+            hashed = remote.hashes[0] if remote.hashes else ""
+            listing = self.ctx.rc.lsjson(self.src, recurse=True, files_only=True, hash=hashed, **self.ctx.watch)
             if not listing:  # bucket remotes show any missing path as an empty folder
                 raise RemoteNotFound(f"{self.src} is empty or does not exist on the remote; check the name")
             rows = sorted((e.path, e.size, e.mod_time, e.hashes) for e in listing)
@@ -315,7 +315,7 @@ class _Stage:
     def _exists(self, path: str) -> bool:
         """Is there a file at ``path``?  (A bucket remote shows a missing object as an empty folder.)"""
         try:
-            return not self.ctx.rc.stat(path).is_dir
+            return not self.ctx.rc.stat(path, **self.ctx.watch).is_dir
         except RemoteNotFound:
             return False
 
@@ -356,7 +356,7 @@ class _Stage:
 
     def verify_download(self, reader: HashingReader) -> None:
         info = remotes.remote_info(self.ctx.rc, self.src)
-        stat = self.ctx.rc.stat(self.src, *(["--hash", "--hash-type", "md5"] if info.md5 else []))
+        stat = self.ctx.rc.stat(self.src, hash="md5" if info.md5 else "", **self.ctx.watch)
         if stat.size not in (-1, reader.count):
             raise VerificationError(
                 f"{self.src}: read {reader.count:,} bytes, the remote lists {stat.size:,}; stage again"

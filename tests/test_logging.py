@@ -101,17 +101,17 @@ def test_redact(args, hide_values, shown):
 
 
 def test_secrets_stay_out_of_a_real_trace(servers, trace, monkeypatch):
-    """Keys given in a remote's connection string and in flags, and flags from the environment, are hidden;
+    """Keys given in a remote's connection string, and flags from the environment, are hidden;
     the call still works with them (the server refuses a request without them)."""
     server = servers["s3"]
     for name, value in server.env().items():
         if not name.endswith(("ACCESS_KEY_ID", "SECRET_ACCESS_KEY")):
             monkeypatch.setenv(name, value)
     monkeypatch.setenv("COLAB_MAGICS_RCLONE_FLAGS", "--tpslimit 57")
-    listing = Rclone().lsjson(f"{server.name},access_key_id={KEY}:bucket", "--s3-secret-access-key", SECRET)
+    listing = Rclone().lsjson(f"{server.name},access_key_id={KEY},secret_access_key={SECRET}:bucket")
     assert isinstance(listing, list)
     text = "\n".join(message for *_, message in trace())
-    assert f"{server.name},access_key_id=REDACTED:bucket --s3-secret-access-key REDACTED" in text
+    assert f"operations/list {server.name},access_key_id=REDACTED,secret_access_key=REDACTED:bucket: ok" in text
     assert "--tpslimit REDACTED" in text
     assert KEY not in text and SECRET not in text and "--tpslimit 57" not in text
 
@@ -141,6 +141,7 @@ def test_colab_magics_debug_is_read_at_import(tmp_path, setting):
     if setting == "0":
         assert traced == ""
         return
-    started = rf"MainThread colab_magics.rclone.process DEBUG: rclone\[\d+\] start: \S+ lsjson --stat {tmp_path}"
+    started = r"MainThread colab_magics.rclone.daemon DEBUG: rclone daemon\[\d+\] started in \S+s: \S+ rcd "
     assert re.search(started, traced)
+    assert f"MainThread colab_magics.rclone.process DEBUG: rclone rc operations/stat {tmp_path}: ok after" in traced
     assert ("cannot write the debug trace to /no/such/folder/trace.log" in traced) == setting.startswith("/no")

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from colab_magics.errors import ColabMagicsError, RcloneOutputError
+from colab_magics.errors import ColabMagicsError, RcloneError, RcloneOutputError
 from colab_magics.events import Progress
 from colab_magics.rclone import output
 from colab_magics.rclone.process import Rclone, RcloneProcess
@@ -81,11 +81,21 @@ def test_malformed_output_fails_under_python_O():
 
 def test_a_binary_that_prints_garbage_fails_in_one_line(tmp_path):
     fake = tmp_path / "rclone"
-    fake.write_text('#!/bin/sh\necho \'{"Path": "", "Size": "big", "IsDir": true}\'\n')
+    fake.write_text('#!/bin/sh\necho \'[{"name": "gdrive", "type": 7}]\'\n')
     fake.chmod(0o755)
     with pytest.raises(RcloneOutputError) as info:
+        Rclone(str(fake), flags=[]).remote_types()
+    assert str(info.value).startswith("rclone listremotes --json printed a remote without a text")
+
+
+def test_a_binary_that_cannot_serve_calls_fails_in_one_line(tmp_path):
+    """An old or foreign "rclone" without ``rcd``: the calls that go to the daemon say so, at once."""
+    fake = tmp_path / "rclone"
+    fake.write_text('#!/bin/sh\necho \'Error: unknown command "rcd" for "rclone"\' >&2\necho Usage: >&2\nexit 1\n')
+    fake.chmod(0o755)
+    with pytest.raises(RcloneError) as info:
         Rclone(str(fake), flags=[]).stat(str(tmp_path))
-    assert str(info.value).startswith(f"rclone lsjson --stat {tmp_path} printed an entry without an integer")
+    assert str(info.value) == 'rclone lsjson failed (exit 1): unknown command "rcd" for "rclone"'
 
 
 def test_real_rclone_output_parses(tmp_path):
@@ -95,7 +105,7 @@ def test_real_rclone_output_parses(tmp_path):
     (folder / "sub" / "a.bin").write_bytes(body)
     rclone = Rclone(flags=[])
 
-    listing = rclone.lsjson("-R", str(folder), "--hash", "--hash-type", "md5")
+    listing = rclone.lsjson(str(folder), recurse=True, hash="md5")
     by_path = {e.path: e for e in listing}
     assert set(by_path) == {"sub", "sub/a.bin"}
     assert by_path["sub"].is_dir and not by_path["sub/a.bin"].is_dir

@@ -1,4 +1,4 @@
-"""What a persist costs in rclone processes: upper bounds, counted (never timed), so that a change that
+"""What a persist costs in rclone processes and daemon calls: upper bounds, counted (never timed), so that a change that
 brings back a sweep in every sync, or more calls per sync or heartbeat, fails here (issue #12;
 ``python bench/starts.py`` prints the counts).  Leftovers of killed runs are still swept: at start,
 and after a sync that failed."""
@@ -13,29 +13,55 @@ from colab_magics.persist import Persister
 from colab_magics.rclone import process as runner
 from colab_magics.rclone import remotes
 
-# a sync of one small changed file: for its part rcat, one listing that verifies it, move, rmdirs of
-# the staging folder; the lock check; for the manifest rcat, verify, moveto, verify; the previous part's delete
-SYNC_STARTS = 10
-HEARTBEAT_STARTS = 5  # the check, then rcat, verify, moveto, verify
+# rclone processes: a sync of one small changed file starts one, for its part's upload (rcat); every
+# other request goes to the rclone daemon, which the persist's start has running already
+SYNC_STARTS = 1
+HEARTBEAT_STARTS = 0
+# daemon calls (each one or a few requests to the remote): for the part, one listing that verifies it,
+# the move, rmdirs of the staging folder; the lock check; for the manifest copy, verify, moveto, verify;
+# the previous part's delete
+SYNC_CALLS = 10
+HEARTBEAT_CALLS = 5  # the check, then copy, verify, moveto, verify
+
+
+class Counted:
+    """Every rclone child started and every daemon call made from now on (the test clears them between steps)."""
+
+    def __init__(self) -> None:
+        self.starts: list[list[str]] = []
+        self.calls: list[tuple[str, dict]] = []
+
+    def clear(self) -> None:
+        self.starts.clear()
+        self.calls.clear()
+
+    def sweeps(self) -> list[tuple[str, dict]]:
+        """The listings that look for leftovers: of the dataset folder, and of its parts."""
+        return [
+            (method, params)
+            for method, params in self.calls
+            if method == "operations/list"
+            and (not params["opt"]["recurse"] or params["remote"].endswith("/parts"))
+        ]
 
 
 @pytest.fixture
-def started(monkeypatch) -> list[list[str]]:
-    """The argv of every rclone child started from now on (the test empties it between steps)."""
-    argvs: list[list[str]] = []
-    original = runner.RcloneProcess.__init__
+def started(monkeypatch) -> Counted:
+    counted = Counted()
+    start, call = runner.RcloneProcess.__init__, runner.Rclone.call
 
-    def counted(process: runner.RcloneProcess, argv: list[str], *args: object, **kw: object) -> None:
-        argvs.append(list(argv))
-        original(process, argv, *args, **kw)  # type: ignore[arg-type]
+    def counted_start(process: runner.RcloneProcess, argv: list[str], *args: object, **kw: object) -> None:
+        counted.starts.append(list(argv))
+        start(process, argv, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(runner.RcloneProcess, "__init__", counted)
-    return argvs
+    def counted_call(rclone: runner.Rclone, method: str, params: dict, **kw: object) -> dict:
+        if not kw.get("brief"):  # a probe or a clean-up's brief try is not the sync's own work
+            counted.calls.append((method, params))
+        return call(rclone, method, params, **kw)  # type: ignore[arg-type]
 
-
-def _sweeps(argvs: list[list[str]]) -> list[list[str]]:
-    """The listings that look for leftovers: of the dataset folder, and of its parts."""
-    return [a for a in argvs if a[1] == "lsjson" and ("--max-depth" in a or any(x.endswith("/parts") for x in a))]
+    monkeypatch.setattr(runner.RcloneProcess, "__init__", counted_start)
+    monkeypatch.setattr(runner.Rclone, "call", counted_call)
+    return counted
 
 
 def _change(folder, n: int) -> None:
@@ -52,18 +78,20 @@ def test_a_later_sync_and_a_heartbeat_stay_within_their_budget(remote, tmp_path,
     try:
         _change(local, 1)
         persister.sync(settle=0.0)
-        assert _sweeps(started)  # the first sync looks for what killed runs left
+        assert started.sweeps()  # the first sync looks for what killed runs left
         for n in (2, 3):
             started.clear()
             _change(local, n)
             assert persister.sync(settle=0.0).result.moved_files == 1
-            assert len(started) <= SYNC_STARTS, [a[1:3] for a in started]
-            assert not _sweeps(started)  # nothing can be left since: no listing looks
+            assert len(started.starts) <= SYNC_STARTS, [a[1:3] for a in started.starts]
+            assert len(started.calls) <= SYNC_CALLS, [c[0] for c in started.calls]
+            assert not started.sweeps()  # nothing can be left since: no listing looks
         started.clear()
         assert persister.sync(settle=0.0).result.up_to_date
-        assert started == []  # nothing changed: no request at all
+        assert started.starts == [] and started.calls == []  # nothing changed: no request at all
         persister.lock.refresh(persister._context())
-        assert 0 < len(started) <= HEARTBEAT_STARTS, [a[1:3] for a in started]
+        assert len(started.starts) <= HEARTBEAT_STARTS, [a[1:3] for a in started.starts]
+        assert 0 < len(started.calls) <= HEARTBEAT_CALLS, [c[0] for c in started.calls]
     finally:
         persister.stop()
 
@@ -91,10 +119,10 @@ def test_leftovers_are_swept_at_start_and_after_a_failed_sync(remote, tmp_path, 
                 persister.sync(settle=0.0)
         started.clear()
         persister.sync(settle=0.0)
-        assert _sweeps(started)  # the failed sync may have left something: this one looks
+        assert started.sweeps()  # the failed sync may have left something: this one looks
         started.clear()
         _change(local, 3)
         persister.sync(settle=0.0)
-        assert not _sweeps(started)
+        assert not started.sweeps()
     finally:
         persister.stop()

@@ -16,14 +16,21 @@ import colab_magics as cm
 from colab_magics import errors
 from colab_magics.events import Direction, Event, EventBus, Kind, Progress
 from colab_magics.packed.manifest import Manifest
+from colab_magics.rclone import daemon
 from colab_magics.rclone import process as runner
 from colab_magics.rclone.binary import find_rclone
 
 
 def _rclone_children() -> list[str]:
-    """rclone processes this test process started, other than the loopback test servers."""
+    """rclone processes this test process started, other than the loopback test servers and the rclone
+    daemon, which is meant to outlive any one transfer (its watchers are listed by ``daemon.running``)."""
     out = subprocess.run(["pgrep", "-a", "-P", str(os.getpid())], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "rclone" in line and " serve " not in line]
+    daemons = set(daemon.running())
+    return [
+        line
+        for line in out.splitlines()
+        if "rclone" in line and " serve " not in line and int(line.split()[0]) not in daemons
+    ]
 
 
 class _CancelMidTransfer:

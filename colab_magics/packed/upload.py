@@ -13,6 +13,7 @@ left for the next sync and keeps its previous remote version, instead of failing
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import subprocess
@@ -32,7 +33,7 @@ from ..local.archives import check_symlink
 from ..local.tree import FileStat
 from ..lock import LOCK_NAME
 from ..rclone import remotes
-from ..rclone.process import RcloneProcess
+from ..rclone.process import RcloneProcess, with_option
 from .manifest import (
     DEFAULT_PART_SIZE,
     MANIFEST_NAME,
@@ -85,7 +86,7 @@ class PackedSync:
         if raw is not None:
             return Manifest.from_json(raw, self.dest)
         try:
-            existing = self.ctx.rc.lsjson("--max-depth", "1", self.dest)
+            existing = self.ctx.rc.lsjson(self.dest, **self.ctx.watch)
         except RemoteNotFound:
             return None
         foreign = [e for e in existing if e.path not in _OURS and not e.path.startswith(_TEMPORARY)]
@@ -186,7 +187,7 @@ class PackedSync:
                 before_commit()
             self._put_manifest(manifest)
         except BaseException:
-            quietly(self.ctx.rc, "purge", staging)
+            quietly(self.ctx.rc.purge, staging)
             if new_parts:  # published but never named by a manifest: ours to remove
                 self._delete_parts({entry.name for entry, _ in new_parts}, quiet=True)
             raise
@@ -355,8 +356,8 @@ class PackedSync:
         """Verify every staged part with one listing (sizes always, MD5 where the remote keeps it),
         then move them all to their final names with one rclone call (server-side moves)."""
         has_md5 = self.info.md5
-        hashes = ["--hash", "--hash-type", "md5"] if has_md5 else []
-        listing = self.ctx.rc.lsjson("-R", "--files-only", staging, *hashes)
+        hashed = "md5" if has_md5 else ""
+        listing = self.ctx.rc.lsjson(staging, recurse=True, files_only=True, hash=hashed, **self.ctx.watch)
         found = {"parts/" + remotes.listed_name(e.path): e for e in listing}
         for part in parts:
             got = found.get(part.name)
@@ -369,8 +370,8 @@ class PackedSync:
                 raise VerificationError(
                     f"{self.dest}/{part.name}: the uploaded bytes do not match their MD5; push again"
                 )
-        self.ctx.run("move", staging, remotes.join(self.dest, "parts"), "--delete-empty-src-dirs")
-        quietly(self.ctx.rc, "rmdirs", staging)
+        self.ctx.rc.move_tree(staging, remotes.join(self.dest, "parts"), **self.ctx.watch)
+        quietly(self.ctx.rc.rmdirs, staging)
 
     def _count(self, n: int) -> None:
         self.ctx.job.add(done_bytes=n)
@@ -396,12 +397,13 @@ class PackedSync:
         if doomed:
             self._delete_parts(doomed)
             if _folders(doomed) - _folders(keep):  # a folder that may now be empty (one that holds a kept part cannot)
-                quietly(self.ctx.rc, "rmdirs", remotes.join(self.dest, "parts"), "--leave-root")
+                quietly(functools.partial(self.ctx.rc.rmdirs, leave_root=True), remotes.join(self.dest, "parts"))
 
     def _stale_parts(self, keep: set[str]) -> set[str]:
         """Parts no manifest names that are old enough to be a killed run's, not a live push's."""
         try:
-            listing = self.ctx.rc.lsjson("-R", "--files-only", remotes.join(self.dest, "parts"))
+            parts = remotes.join(self.dest, "parts")
+            listing = self.ctx.rc.lsjson(parts, recurse=True, files_only=True, **self.ctx.watch)
         except RemoteNotFound:
             return set()
         now = time.time()
@@ -417,14 +419,13 @@ class PackedSync:
         that never raises, for the clean-up after a failure."""
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as listfile:
             listfile.write("".join(n + "\n" for n in sorted(names)))
+        # on Drive, deleted for good: in its Trash they would go on counting against the quota
+        folder = with_option(self.dest, "use_trash", "false") if self.info.type == "drive" else self.dest
         try:
-            args = ["delete", self.dest, "--files-from-raw", listfile.name]
-            if self.info.type == "drive":
-                args.append("--drive-use-trash=false")
             if quiet:
-                quietly(self.ctx.rc, *args)
+                quietly(self.ctx.rc.delete_listed, folder, listfile.name)
             else:
-                self.ctx.run(*args)
+                self.ctx.rc.delete_listed(folder, listfile.name, **self.ctx.watch)
         finally:
             Path(listfile.name).unlink(missing_ok=True)
 

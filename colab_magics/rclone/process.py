@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import IO, Any, Callable, TypeVar
+from typing import IO, Any, Callable
 
 from .. import log
 from ..errors import (
@@ -47,11 +47,10 @@ from ..errors import (
     UnknownRemote,
 )
 from ..events import Progress, plausible_eta
-from . import output
+from . import daemon, output
 from .binary import find_rclone
 
 logger = logging.getLogger(__name__)
-Parsed = TypeVar("Parsed")
 
 StatsCallback = Callable[[Progress], None]
 NoteCallback = Callable[[str], None]  # what holds a child up now ("" once it moves again)
@@ -81,7 +80,7 @@ _NO_SECTION = re.compile(r"didn't find section in config file \(\"?([^\")]*)\"?\
 _UPDATING = "source file is being updated"
 _FATAL = "Fatal error received - not attempting retries"
 _ATTEMPT = re.compile(r"Attempt \d+/\d+ failed with \d+ errors? and: ")  # each retry repeats the same cause
-_NOT_FOUND = re.compile(r"directory not found|object not found|file not found|not found", re.IGNORECASE)
+_NOT_FOUND = re.compile(r"not found|not a directory|no such file or directory", re.IGNORECASE)
 
 
 def _refusal(stderr: str, text: str) -> str:
@@ -119,15 +118,16 @@ def unreachable_timeout() -> float:
     return value if value > 0 else UNREACHABLE_TIMEOUT
 
 
+# one brief try (a probe, a clean-up): a short connect and I/O timeout, no retries (the S3 backend's
+# AWS SDK takes its attempts from --low-level-retries, so this also ends its 10 tries in each of rclone's)
+FAIL_FAST = ["--contimeout", "5s", "--timeout", "10s", "--low-level-retries", "1", "--retries", "1"]
+
 # answers that mean the server is gone, not that it refused this request
 _NETWORK = re.compile(
     r"connection refused|no such host|i/o timeout|connection reset|network is unreachable|no route to host|"
     r"context deadline exceeded|timeout|timed out|unexpected EOF|server misbehaving|broken pipe",
     re.IGNORECASE,
 )
-# one brief try (a probe, a clean-up): a short connect and I/O timeout, no retries (the S3 backend's
-# AWS SDK takes its attempts from --low-level-retries, so this also ends its 10 tries in each of rclone's)
-FAIL_FAST = ["--contimeout", "5s", "--timeout", "10s", "--low-level-retries", "1", "--retries", "1"]
 
 
 class Reachability:
@@ -188,6 +188,69 @@ class Reachability:
     def _note(self, text: str) -> None:
         if self._on_note is not None:
             self._on_note(text)
+
+
+def classify(command: str, errors: Sequence[str], tail: Sequence[str], rc: int) -> ColabMagicsError:
+    """The exception that rclone's exit code and own messages amount to (a child's, or a daemon
+    call's: a failed call counts as exit 1)."""
+    # "Fatal error received" says nothing: rclone gives the cause in a "Failed to <command>: ..." notice
+    real = [m for m in errors if m != _FATAL]
+    messages = real or [t for t in tail if t.startswith("Failed to ")] or errors or list(tail)
+    updating = [m.split(": ", 1)[0] for m in errors if ": Failed to copy: " in m and _UPDATING in m]
+    if updating and all(_UPDATING in m for m in errors):
+        paths = list(dict.fromkeys(updating))
+        return SourceChanged(
+            f"{paths[0]} changed while it was being uploaded; push again once it is written", paths
+        )
+    said = list(dict.fromkeys(_ATTEMPT.sub("", m) for m in messages if m))
+    said = [m for m in said if not any(o != m and o.endswith(": " + m) for o in said)]  # said once, with context
+    text = "; ".join(said) or f"exit status {rc}"
+    text = " ".join(text.split())  # one line, whatever a server put in its error body
+    text = text if len(text) < 400 else text[:400] + "..."
+    stderr = "\n".join(messages)
+    m = _NO_SECTION.search(stderr)
+    if m:
+        name = m.group(1)
+        env = "RCLONE_CONFIG_" + re.sub(r"\W", "_", name).upper() + "_TYPE"
+        return UnknownRemote(
+            f"unknown remote '{name}:': configure it with `rclone config` or set {env}=...",
+            exit_code=rc,
+            stderr=stderr,
+        )
+    if _STORAGE_QUOTA.search(stderr):
+        return QuotaError(
+            f"the remote is out of storage quota ({_refusal(stderr, text)}); nothing more can be uploaded "
+            "there until space is freed (empty its trash too) or the quota is raised, or push to another remote",
+            exit_code=rc,
+            stderr=stderr,
+        )
+    if _DOWNLOAD_QUOTA.search(stderr):
+        return QuotaError(
+            f"the remote's download quota for this data is used up ({_refusal(stderr, text)}); "
+            "wait until it resets (Drive: up to 24 hours) and stage again",
+            exit_code=rc,
+            stderr=stderr,
+        )
+    if rc == 2:
+        flags = " (check COLAB_MAGICS_RCLONE_FLAGS)" if extra_flags() else ""
+        return RcloneError(f"rclone {command} refused its arguments{flags}: {text}", exit_code=rc, stderr=stderr)
+    if rc == 8:
+        return RcloneError(
+            f"rclone {command} stopped at its --max-transfer limit ({text}); raise or remove the limit "
+            "(COLAB_MAGICS_RCLONE_FLAGS) and run again: what is on the remote is complete",
+            exit_code=rc,
+            stderr=stderr,
+        )
+    if _QUOTA.search(stderr):
+        return QuotaError(
+            f"the remote is rate-limiting requests ({_refusal(stderr, text)}); wait a few minutes and retry, "
+            "or lower the request rate with COLAB_MAGICS_RCLONE_FLAGS='--tpslimit 5'",
+            exit_code=rc,
+            stderr=stderr,
+        )
+    if rc in (3, 4) or (rc == 1 and _NOT_FOUND.search(stderr)):
+        return RemoteNotFound(f"not found on the remote: {text}", exit_code=rc, stderr=stderr)
+    return RcloneError(f"rclone {command} failed (exit {rc}): {text}", exit_code=rc, stderr=stderr)
 
 
 class RcloneProcess:
@@ -365,65 +428,7 @@ class RcloneProcess:
 
     def error(self, rc: int) -> ColabMagicsError:
         """The exception that rclone's exit code and own messages amount to."""
-        # "Fatal error received" says nothing: rclone gives the cause in a "Failed to <command>: ..." notice
-        real = [m for m in self.errors if m != _FATAL]
-        messages = real or [t for t in self._tail if t.startswith("Failed to ")] or self.errors or list(self._tail)
-        updating = [m.split(": ", 1)[0] for m in self.errors if ": Failed to copy: " in m and _UPDATING in m]
-        if updating and all(_UPDATING in m for m in self.errors):
-            paths = list(dict.fromkeys(updating))
-            return SourceChanged(
-                f"{paths[0]} changed while it was being uploaded; push again once it is written", paths
-            )
-        said = list(dict.fromkeys(_ATTEMPT.sub("", m) for m in messages if m))
-        said = [m for m in said if not any(o != m and o.endswith(": " + m) for o in said)]  # said once, with context
-        text = "; ".join(said) or f"exit status {rc}"
-        text = " ".join(text.split())  # one line, whatever a server put in its error body
-        text = text if len(text) < 400 else text[:400] + "..."
-        command = self.command
-        stderr = "\n".join(messages)
-        m = _NO_SECTION.search(stderr)
-        if m:
-            name = m.group(1)
-            env = "RCLONE_CONFIG_" + re.sub(r"\W", "_", name).upper() + "_TYPE"
-            return UnknownRemote(
-                f"unknown remote '{name}:': configure it with `rclone config` or set {env}=...",
-                exit_code=rc,
-                stderr=stderr,
-            )
-        if _STORAGE_QUOTA.search(stderr):
-            return QuotaError(
-                f"the remote is out of storage quota ({_refusal(stderr, text)}); nothing more can be uploaded "
-                "there until space is freed (empty its trash too) or the quota is raised, or push to another remote",
-                exit_code=rc,
-                stderr=stderr,
-            )
-        if _DOWNLOAD_QUOTA.search(stderr):
-            return QuotaError(
-                f"the remote's download quota for this data is used up ({_refusal(stderr, text)}); "
-                "wait until it resets (Drive: up to 24 hours) and stage again",
-                exit_code=rc,
-                stderr=stderr,
-            )
-        if rc == 2:
-            flags = " (check COLAB_MAGICS_RCLONE_FLAGS)" if extra_flags() else ""
-            return RcloneError(f"rclone {command} refused its arguments{flags}: {text}", exit_code=rc, stderr=stderr)
-        if rc == 8:
-            return RcloneError(
-                f"rclone {command} stopped at its --max-transfer limit ({text}); raise or remove the limit "
-                "(COLAB_MAGICS_RCLONE_FLAGS) and run again: what is on the remote is complete",
-                exit_code=rc,
-                stderr=stderr,
-            )
-        if _QUOTA.search(stderr):
-            return QuotaError(
-                f"the remote is rate-limiting requests ({_refusal(stderr, text)}); wait a few minutes and retry, "
-                "or lower the request rate with COLAB_MAGICS_RCLONE_FLAGS='--tpslimit 5'",
-                exit_code=rc,
-                stderr=stderr,
-            )
-        if rc in (3, 4) or (rc == 1 and _NOT_FOUND.search(stderr)):
-            return RemoteNotFound(f"not found on the remote: {text}", exit_code=rc, stderr=stderr)
-        return RcloneError(f"rclone {command} failed (exit {rc}): {text}", exit_code=rc, stderr=stderr)
+        return classify(self.command, self.errors, list(self._tail), rc)
 
     def stop(self, grace: float = 1.0) -> None:
         """Stop the child in stages: interrupt, terminate, kill; close its pipes.  ``grace`` per stage:
@@ -528,7 +533,12 @@ class Rclone:
 
     def probe(self, path: str) -> str | None:
         """One short request to the remote that holds ``path``: None if it answered at all (even "not
-        found"), else its network error in a few words."""
+        found"), else its network error in a few words.
+
+        A child of its own, not the daemon: a probe must open new connections, as a stuck child had
+        to.  The daemon's pooled ones may still work where new ones hang (an SSH server that stopped
+        accepting keeps serving the connections it has), and the probe runs only after 10 quiet seconds.
+        """
         with self._process(["lsjson", "--stat", path, *FAIL_FAST]) as p:
             if not p.exited_within(15):  # the flags bound most backends; a hung S3 endpoint needs this
                 p.stop(grace=1.0)
@@ -565,31 +575,224 @@ class Rclone:
         return bytes(out)
 
     def json(self, *args: str) -> object:
-        """Run a command that prints JSON; its value, not checked yet (see the typed calls below)."""
-        return self._parsed(lambda value, _: value, *args)
-
-    def _parsed(self, parse: Callable[[object, str], Parsed], *args: str) -> Parsed:
-        """Run a command that prints JSON and read it with ``parse``; both name the command in their errors."""
+        """Run a command that prints JSON; its value, not checked yet."""
         command = log.command_line(args)
-        return parse(output.decode(self.run(*args), command), command)
+        return output.decode(self.run(*args), command)
 
-    def lsjson(self, *args: str) -> list[output.Entry]:
-        """``rclone lsjson args...`` of a folder, every entry checked."""
-        return self._parsed(output.listing, "lsjson", *args)
+    # -- calls to the daemon ----------------------------------------------------------------------
+    def call(
+        self,
+        method: str,
+        params: dict[str, Any],
+        *,
+        command: str,
+        path: str,
+        cancel: threading.Event | None = None,
+        on_note: NoteCallback | None = None,
+        brief: bool = False,
+        within: float | None = None,
+    ) -> dict[str, Any]:
+        """One call to this process's rclone daemon (:mod:`.daemon`), run as an rclone job and polled.
 
-    def stat(self, path: str, *flags: str) -> output.Entry:
-        """``rclone lsjson --stat path flags...``: the one entry at ``path``."""
-        return self._parsed(output.entry, "lsjson", "--stat", path, *flags)
+        ``command`` is the rclone command it stands for, in errors (``lsjson``, ``moveto``); ``path``
+        the remote path it works on, probed if the call shows no sign of life for a while (as a
+        child's remote is).  ``brief``: one short try (short timeouts, no retries), for clean-ups.
+        ``within``: seconds before the job is stopped and :class:`Late` raised.  A cancel or Ctrl-C
+        stops the job too.
+        """
+        if brief:
+            params = {**params, "_config": {**params.get("_config", {}), **BRIEF_CONFIG}}
+        reach = None if brief else Reachability(lambda: self.probe(path), self.patience, on_note)
+        t0 = time.monotonic()
+        try:
+            lease = daemon.Lease(self.binary, self.flags)
+        except daemon.DaemonError as exc:  # it would not start: a flag it does not know, say
+            raise classify(command, [exc.stderr or str(exc)], [], exc.exit_code or 1) from None
+        with lease as rcd:
+            try:
+                job = rcd.request(method, {**params, "_async": True})["jobid"]
+            except daemon.CallFailed as exc:
+                raise classify(command, [str(exc)], [], 1) from None
+            except (OSError, KeyError) as exc:
+                raise _gone(rcd, exc) from None
+            delay = 0.001
+            try:
+                while True:
+                    status = rcd.request("job/status", {"jobid": job})
+                    if status.get("finished"):
+                        break
+                    if cancel is not None and cancel.is_set():
+                        raise TransferCancelled("transfer cancelled")
+                    if within is not None and time.monotonic() - t0 > within:
+                        raise Late(f"rclone {command} {log.command_line([path])} got no answer within {within:.0f}s")
+                    if reach is not None:
+                        reach.check()
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            except (OSError, daemon.CallFailed) as exc:
+                raise _gone(rcd, exc) from None
+            except BaseException:
+                try:
+                    rcd.request("job/stop", {"jobid": job}, timeout=5.0)
+                except (OSError, daemon.CallFailed):
+                    pass
+                raise
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "rclone rc %s %s: %s after %.3fs", method, log.command_line([path]),
+                "ok" if status.get("success") else f"error {str(status.get('error'))[:200]}", time.monotonic() - t0,
+            )  # fmt: skip
+        if not status.get("success"):
+            raise classify(command, [str(status.get("error") or "failed")], [], 1)
+        out = status.get("output")
+        return out if isinstance(out, dict) else {}
+
+    def lsjson(
+        self, folder: str, *, recurse: bool = False, files_only: bool = False, hash: str = "", **kw: Any
+    ) -> list[output.Entry]:
+        """The entries of ``folder`` (``rclone lsjson``), every one checked; paths relative to ``folder``.
+        ``hash``: a hash type to list where the remote keeps it (``md5``)."""
+        fs, remote = split_root(folder)
+        opt: dict[str, Any] = {"recurse": recurse, "filesOnly": files_only, "noMimeType": True}
+        if hash:
+            opt.update(showHash=True, hashTypes=[hash])
+        params = {"fs": fs, "remote": remote, "opt": opt}
+        out = self.call("operations/list", params, command="lsjson", path=folder, **kw)
+        entries = output.listing(out.get("list"), f"lsjson {log.command_line([folder])}")
+        depth = remote.count("/") + 1 if remote else 0  # rclone lists paths from the root: drop the folder's part
+        return [e._replace(path=e.path.split("/", depth)[-1]) for e in entries] if depth else entries
+
+    def stat(self, path: str, *, hash: str = "", **kw: Any) -> output.Entry:
+        """The one entry at ``path`` (``rclone lsjson --stat``); :class:`RemoteNotFound` where there is none."""
+        fs, remote = split_root(path)
+        opt = {"noMimeType": True, **({"showHash": True, "hashTypes": [hash]} if hash else {})}
+        out = self.call("operations/stat", {"fs": fs, "remote": remote, "opt": opt}, command="lsjson", path=path, **kw)
+        if out.get("item") is None:
+            raise RemoteNotFound(f"not found on the remote: {path}", exit_code=3)
+        entry = output.entry(out["item"], f"lsjson --stat {log.command_line([path])}")
+        return entry._replace(path=entry.path.rsplit("/", 1)[-1])  # its name, as lsjson --stat gives it
 
     def features(self, root: str) -> output.Features:
-        return self._parsed(output.features, "backend", "features", root)
+        out = self.call("operations/fsinfo", {"fs": root}, command="backend features", path=root)
+        return output.features(out, f"backend features {log.command_line([root])}")
 
     def about(self, path: str) -> output.About:
-        return self._parsed(output.about, "about", "--json", path)
+        out = self.call("operations/about", {"fs": path}, command="about", path=path)
+        return output.about(out, f"about {log.command_line([path])}")
 
     def remote_types(self) -> dict[str, str]:
-        """Each configured remote's backend type, by name."""
-        return self._parsed(output.remote_types, "listremotes", "--json")
+        """Each configured remote's backend type, by name (the daemon's API lists names, not types)."""
+        command = "listremotes --json"
+        return output.remote_types(output.decode(self.run("listremotes", "--json"), command), command)
+
+    def copyfile(self, src: str, dst: str, **kw: Any) -> None:
+        """Copy the file ``src`` to the file ``dst`` (``rclone copyto``)."""
+        self.call("operations/copyfile", _pair(src, dst), command="copyto", path=dst if is_remote(dst) else src, **kw)
+
+    def moveto(self, src: str, dst: str, **kw: Any) -> None:
+        """Move the file ``src`` over ``dst``, whatever ``dst`` holds (``rclone moveto --ignore-times``:
+        without it, a backend that keeps neither hashes nor times takes equal sizes for equal files,
+        deletes the new one and keeps the old)."""
+        params = {**_pair(src, dst), "_config": {"IgnoreTimes": True}}
+        self.call("operations/movefile", params, command="moveto", path=dst, **kw)
+
+    def deletefile(self, path: str, **kw: Any) -> None:
+        fs, remote = split_root(path)
+        self.call("operations/deletefile", {"fs": fs, "remote": remote}, command="deletefile", path=path, **kw)
+
+    def purge(self, path: str, **kw: Any) -> None:
+        """Remove the folder ``path`` and all it holds."""
+        fs, remote = split_root(path)
+        self.call("operations/purge", {"fs": fs, "remote": remote}, command="purge", path=path, **kw)
+
+    def rmdirs(self, path: str, leave_root: bool = False, **kw: Any) -> None:
+        """Remove the empty folders in ``path`` (and ``path`` itself unless ``leave_root``)."""
+        fs, remote = split_root(path)
+        params = {"fs": fs, "remote": remote, "leaveRoot": leave_root}
+        self.call("operations/rmdirs", params, command="rmdirs", path=path, **kw)
+
+    def move_tree(self, src: str, dst: str, **kw: Any) -> None:
+        """Move every file of the folder ``src`` into the folder ``dst`` and remove ``src``'s folders
+        (``rclone move --delete-empty-src-dirs``), server-side where the backend can."""
+        params = {"srcFs": src, "dstFs": dst, "deleteEmptySrcDirs": True}
+        self.call("sync/move", params, command="move", path=dst, **kw)
+
+    def delete_listed(self, folder: str, listfile: str, **kw: Any) -> None:
+        """Delete the files of ``folder`` named in ``listfile``, one path per line (``--files-from-raw``)."""
+        params = {"fs": folder, "_filter": {"FilesFromRaw": [listfile]}}
+        self.call("operations/delete", params, command="delete", path=folder, **kw)
+
+    def backend(self, name: str, path: str, options: dict[str, str], **kw: Any) -> dict[str, Any]:
+        """A backend's own command (``rclone backend name path -o key=value``)."""
+        params = {"command": name, "fs": path, "opt": options}
+        return self.call("backend/command", params, command=f"backend {name}", path=path, **kw)
+
+
+# FAIL_FAST for a daemon call (a clean-up's one brief try): durations in nanoseconds, as rclone's options are
+BRIEF_CONFIG = {"ConnectTimeout": 5 * 10**9, "Timeout": 10 * 10**9, "LowLevelRetries": 1}
+
+
+class Late(RcloneError):
+    """A daemon call given ``within`` seconds had no answer by then (it was stopped)."""
+
+
+def _gone(rcd: daemon.Daemon, exc: BaseException) -> RcloneError:
+    """A call the daemon could not answer: it died or hung (the next call starts another)."""
+    return daemon.DaemonError(
+        f"the rclone daemon stopped answering ({exc or type(exc).__name__}); run again "
+        f"(it is restarted): {rcd.said() or 'no message'}"
+    )
+
+
+def _pair(src: str, dst: str) -> dict[str, str]:
+    src_fs, src_remote = split_root(src)
+    dst_fs, dst_remote = split_root(dst)
+    return {"srcFs": src_fs, "srcRemote": src_remote, "dstFs": dst_fs, "dstRemote": dst_remote}
+
+
+def is_remote(path: str) -> bool:
+    """True for ``name:...`` and ``:backend:...`` paths, False for local paths (which rclone also accepts)."""
+    if path.startswith("/") or ":" not in path:
+        return False
+    head = path.split(":", 1)[0]
+    return "/" not in head and (len(head) != 1 or os.name != "nt")  # C:/x is a Windows path
+
+
+def split_root(path: str) -> tuple[str, str]:
+    """(the root of the remote that holds ``path``, the path below it): ``gdrive:a/b`` gives
+    (``gdrive:``, ``a/b``), ``/x/y`` gives (``/``, ``x/y``).  Calls name files from the remote's root,
+    so one backend (its client, Drive's folder cache) serves every call to that remote."""
+    if not is_remote(path):
+        return "/", os.path.abspath(path).lstrip("/")
+    # the remote's part ends at the first colon outside a quoted option value: :webdav,url='http://h:1':x
+    quote, i = "", 1 if path.startswith(":") else 0
+    while i < len(path):
+        c = path[i]
+        if quote:
+            if c == quote:
+                if path[i + 1 : i + 2] == quote:  # a doubled quote is the quote itself
+                    i += 1
+                else:
+                    quote = ""
+        elif c in "'\"" and path[i - 1 : i] == "=":
+            quote = c
+        elif c == ":":
+            break
+        i += 1
+    head, rest = path[: i + 1], path[i + 1 :]
+    if rest.startswith("/"):  # sftp's absolute paths; elsewhere the same as without
+        head, rest = head + "/", rest.lstrip("/")
+    return head, rest.strip("/")
+
+
+def with_option(path: str, key: str, value: str) -> str:
+    """``path`` with a backend option of its own (``gdrive:x`` gives ``gdrive,key=value:x``); a local
+    path has no backend to give it to and is returned as it is."""
+    if not is_remote(path):
+        return path
+    head, rest = split_root(path)
+    name, colon, slash = head.rpartition(":")
+    return f"{name},{key}={value}{colon}{slash}{rest}"
 
 
 def _pipe(pipe: IO[bytes] | None, name: str) -> IO[bytes]:
@@ -610,11 +813,12 @@ def _remote_in(args: Sequence[str]) -> str | None:
 
 
 def stop_all() -> None:
-    """Stop every rclone child still running (interpreter exit, extension unload)."""
+    """Stop every rclone child still running, and the daemon (interpreter exit, extension unload)."""
     with _live_lock:
         live = list(_live)
     for p in live:
         p.stop(grace=1.0)
+    daemon.stop_all()
 
 
 atexit.register(stop_all)

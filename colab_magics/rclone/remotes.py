@@ -17,7 +17,7 @@ import platformdirs
 
 from ..errors import BadInput, NoRemote
 from ..host.colab import drive_root, on_colab
-from .process import Rclone
+from .process import Rclone, is_remote, split_root
 
 
 def configured_root() -> str:
@@ -105,14 +105,6 @@ def basename(path: str) -> str:
     return posixpath.basename(tail.rstrip("/"))
 
 
-def is_remote(path: str) -> bool:
-    """True for ``name:...`` paths, False for local paths (which rclone also accepts)."""
-    if path.startswith("/") or ":" not in path:
-        return False
-    head = path.split(":", 1)[0]
-    return "/" not in head and (len(head) != 1 or os.name != "nt")
-
-
 def local_path(path: str) -> str | None:
     """The local folder behind ``path`` when it is a plain local path, else None."""
     return None if is_remote(path) else os.path.abspath(path)
@@ -159,7 +151,7 @@ def _remote_type(rclone: Rclone, path: str) -> str:
         return "local"
     head = path.split(":", 1)[0]
     if path.startswith(":"):  # connection string, ":s3,provider=...:bucket"
-        return path[1:].split(":", 1)[0].split(",", 1)[0]
+        return path[1:].split(",", 1)[0].split(":", 1)[0]
     return rclone.remote_types().get(head, "")
 
 
@@ -174,10 +166,4 @@ def _info(binary: str, flags: tuple[str, ...], root: str) -> RemoteInfo:
 
 def remote_info(rclone: Rclone, path: str) -> RemoteInfo:
     """Type, hashes, time precision and free-space reporting of the backend that holds ``path`` (cached)."""
-    if not is_remote(path):
-        root = "/"
-    elif path.startswith(":"):  # connection string: the backend spec up to its closing colon
-        root = ":" + path[1:].split(":", 1)[0] + ":"
-    else:
-        root = path.split(":", 1)[0] + ":"
-    return _info(rclone.binary, tuple(rclone.flags), root)
+    return _info(rclone.binary, tuple(rclone.flags), split_root(path)[0].rstrip("/") or "/")

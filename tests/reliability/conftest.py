@@ -22,6 +22,8 @@ from procs import descendants
 from servers import Server
 from waiting import poll
 
+from colab_magics.rclone import daemon
+
 
 @dataclass
 class Ledger:
@@ -184,8 +186,12 @@ def _process_wide_test_state():
 
 @pytest.fixture(autouse=True)
 def _no_leaks(request, _process_wide_test_state):
+    daemon.stop_all()
     before = _state()
     yield
+    # the rclone daemon outlives calls by design (until unload or exit, when it is stopped the same way):
+    # stopped here, so that what shows is what the test itself left
+    daemon.stop_all()
     found: list[str] = []
 
     def settled() -> bool:  # what a test started may take a moment to end
