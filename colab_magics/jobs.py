@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import tarfile
 import tempfile
 import threading
@@ -15,17 +14,19 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import humanize
 import platformdirs
 
 from .destination.safety import Where
-from .errors import ColabMagicsError, RemoteNotFound, TransferCancelled, VerificationError
+from .errors import ColabMagicsError, RcloneError, RemoteNotFound, TransferCancelled, VerificationError
 from .events import MEANINGFUL_BYTES, Direction, EventBus, Job, Progress
 from .rclone import remotes
+from .rclone.daemon import Body
 from .rclone.process import Rclone, RcloneProcess
 from .rclone.remotes import remote_info
+from .streams import Readable
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class HashingReader:
 
     BLOCK = 1 << 20
 
-    def __init__(self, raw: IO[bytes], cancel: threading.Event, on_bytes: Callable[[int], None] | None = None) -> None:
+    def __init__(self, raw: Readable, cancel: threading.Event, on_bytes: Callable[[int], None] | None = None) -> None:
         self.raw = raw
         self.md5 = hashlib.md5()
         self.count = 0
@@ -183,24 +184,26 @@ class Context:
     def stream(
         self, path: str, consume: Callable[[HashingReader], T], on_bytes: Callable[[int], None] | None = None
     ) -> tuple[T, HashingReader]:
-        """``rclone cat path`` fed to ``consume``; a broken stream is told apart from corrupt data."""
-        with self.start("cat", path) as p:
-            reader = HashingReader(p.stdout, self.cancel, on_bytes)
+        """The file ``path`` fed to ``consume``; a stream cut short is told apart from corrupt data."""
+        with self.rc.open(path, **self.watch) as body:
+            reader = HashingReader(body, self.cancel, on_bytes)
             try:
                 result = consume(reader)
                 reader.drain()
             except (EOFError, tarfile.TarError, VerificationError, ValueError) as exc:
-                try:
-                    rc = p.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    rc = 0
-                if rc:
-                    raise p.error(rc) from exc
+                if not body.complete:
+                    raise _cut_short(path, body) from exc
                 if isinstance(exc, VerificationError):
                     raise
                 raise VerificationError(f"{path} is truncated or corrupt ({exc}); re-push it") from exc
-            p.check(self.cancel)
+            if not body.complete:
+                raise _cut_short(path, body)
         return result, reader
+
+
+def _cut_short(path: str, body: Body) -> RcloneError:
+    got, length = f"{body.count:,}", f"{body.length or 0:,}"
+    return RcloneError(f"the remote's stream of {path} broke off after {got} of {length} bytes; run it again")
 
 
 def run_job(

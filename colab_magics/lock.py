@@ -82,11 +82,14 @@ class RemoteLock:
         logger.debug("lock %s taken: expires in %.0fs", self.path, self.ttl)
 
     def check(self, ctx: Context) -> None:
-        """Raise :class:`LockLost` when another kernel holds the lock now."""
+        """Raise :class:`LockLost` unless this kernel still holds the lock it took: another kernel holds
+        it now, or took it over and has since released it (its lock file gone): a sync from here would
+        then overwrite that kernel's work."""
         owner = self._read(ctx).get("owner")
-        if owner not in (None, self.owner):
+        if owner != self.owner:
+            who = owner or "another kernel, which has since released it"
             raise LockLost(
-                f"{self.path.rsplit('/', 1)[0]} was taken over by {owner}; this kernel stopped syncing to it "
+                f"{self.path.rsplit('/', 1)[0]} was taken over by {who}; this kernel stopped syncing to it "
                 "so as not to overwrite that kernel's work (local files are untouched)"
             )
 

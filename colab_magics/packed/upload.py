@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Callable, cast
 
 from ..destination.space import check_room
-from ..errors import BadInput, RemoteNotFound, SourceChanged, TransferCancelled, VerificationError
+from ..errors import BadInput, ColabMagicsError, RemoteNotFound, SourceChanged, TransferCancelled, VerificationError
 from ..jobs import STALE_SECONDS, Context, Result, abort_stale_uploads, age, quietly, short_id, sweep
 from ..local import tree as localtree
 from ..local.archives import check_symlink
@@ -371,7 +371,10 @@ class PackedSync:
                     f"{self.dest}/{part.name}: the uploaded bytes do not match their MD5; push again"
                 )
         self.ctx.rc.move_tree(staging, remotes.join(self.dest, "parts"), **self.ctx.watch)
-        quietly(self.ctx.rc.rmdirs, staging)
+        try:  # with rclone's usual retries (a 429 now must not leave it), but never failing the sync
+            self.ctx.rc.rmdirs(staging, **self.ctx.watch)
+        except ColabMagicsError as exc:
+            logger.debug("empty staging folder %s left to the next sweep: %s", staging, exc)
 
     def _count(self, n: int) -> None:
         self.ctx.job.add(done_bytes=n)

@@ -5,8 +5,10 @@ heartbeat: each start costs about a quarter of a second, re-reads the config and
 a new client whose folder cache is empty, so it spends requests finding paths again.  Here one
 ``rclone rcd`` serves them all (listings, stats, moves, deletes, small reads and writes) through
 its remote-control API, each call one HTTP request of a millisecond or so, with the backends and
-their folder caches kept warm between calls.  The big streams (a tar part, a tree copy) still run
-in a child of their own (:class:`.process.RcloneProcess`), with their own stats and stop.
+their folder caches kept warm between calls.  It also serves the stage's reads (``--rc-serve``: a
+GET of an object streams its bytes), so parallel part streams share one rclone's memory instead of
+one process each.  Uploads (a tar part, a tree copy) still run in a child of their own
+(:class:`.process.RcloneProcess`), with their own stats and stop.
 
 How it is kept safe and tidy:
 
@@ -37,8 +39,9 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Callable
 
 from .. import log
 from ..errors import RcloneError
@@ -100,7 +103,10 @@ class Daemon:
         self.folder = tempfile.mkdtemp(prefix="cm-rcd-")  # mode 0700: the socket is this user's alone
         self.socket = os.path.join(self.folder, "rc.sock")
         self._log_path = os.path.join(self.folder, "rclone.log")
-        argv = [binary, "rcd", "--rc-addr", "unix://" + self.socket, "--rc-no-auth", "--use-json-log", *flags]
+        # --rc-serve: objects are read with a GET of /[remote:]path (a stage's streams)
+        argv = [
+            binary, "rcd", "--rc-addr", "unix://" + self.socket, "--rc-no-auth", "--rc-serve", "--use-json-log", *flags
+        ]  # fmt: skip
         self.in_flight = 0  # calls now running (guarded by the registry's lock)
         self.last_used = t0 = time.monotonic()
         try:
@@ -188,6 +194,32 @@ class Daemon:
             raise CallFailed(str(answer.get("error") or f"HTTP {status}"), status)
         return answer
 
+    def open(self, fs: str, remote: str, waiting: Callable[[], None], moved: Callable[[], None]) -> Body:
+        """The object ``remote`` of the remote ``fs``, as a stream (a plain HTTP/1.0 GET: the body is
+        the object's bytes, its length announced).  ``waiting`` is called whenever nothing arrived for
+        a moment (it raises to give up: a cancel, a remote gone); ``moved`` whenever bytes arrived."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(READ_WAIT)
+            sock.connect(self.socket)
+            target = urllib.parse.quote(f"[{fs}]/{remote}", safe="/")
+            sock.sendall(f"GET /{target} HTTP/1.0\r\nHost: rclone\r\n\r\n".encode())
+            body = Body(sock, waiting, moved)
+            status, length = body.head()
+            if status != 200:
+                said = body.read_all(1 << 16)
+                try:
+                    answer = json.loads(said)
+                    message = str(answer.get("error")) if isinstance(answer, dict) else said.decode()
+                except ValueError:
+                    message = said.decode("utf-8", "replace")[:300] or f"HTTP {status}"
+                raise CallFailed(message, status)
+            body.length = length
+            return body
+        except BaseException:
+            sock.close()
+            raise
+
     def stop(self, grace: float = 2.0) -> None:
         """Close the pipe (the watcher then stops rclone and removes the folder); force it if need be."""
         proc = getattr(self, "proc", None)
@@ -206,6 +238,81 @@ class Daemon:
                     pass
                 proc.wait(timeout=grace)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+READ_WAIT = 0.5  # seconds a stream's read waits before it checks for a cancel or a remote gone
+
+
+class Body:
+    """The bytes of one GET: read in blocks, with short waits, so a stream is never deaf to a cancel."""
+
+    def __init__(self, sock: socket.socket, waiting: Callable[[], None], moved: Callable[[], None]) -> None:
+        self._sock = sock
+        self._waiting = waiting
+        self._moved = moved
+        self._pending = b""
+        self.length: int | None = None  # as announced; None where it was not
+        self.count = 0
+
+    def _recv(self, n: int) -> bytes:
+        while True:
+            try:
+                data = self._sock.recv(n)
+            except socket.timeout:
+                self._waiting()
+                continue
+            if data:
+                self._moved()
+            return data
+
+    def head(self) -> tuple[int, int | None]:
+        """The status and announced length; what came after the headers is kept for the first read."""
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            data = self._recv(1 << 16)
+            if not data:
+                raise OSError("the rclone daemon closed the connection before it answered")
+            raw += data
+        head, self._pending = raw.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = None
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        return status, length
+
+    def read1(self, n: int = 1 << 20, /) -> bytes:
+        left = n if self.length is None else min(n, self.length - self.count)
+        if left <= 0:
+            return b""
+        if self._pending:
+            data, self._pending = self._pending[:left], self._pending[left:]
+        else:
+            data = self._recv(left)
+        self.count += len(data)
+        return data
+
+    read = read1
+
+    def read_all(self, limit: int) -> bytes:
+        chunks = [self._pending]
+        self._pending = b""
+        while sum(map(len, chunks)) < limit:
+            data = self._recv(limit)
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)[:limit]
+
+    @property
+    def complete(self) -> bool:
+        """Every announced byte arrived (the stream was not cut off)."""
+        return self.length is None or self.count == self.length
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 class CallFailed(Exception):

@@ -19,6 +19,7 @@ hidden, and its exit status and duration.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -31,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import IO, Any, Callable
 
 from .. import log
@@ -604,11 +605,7 @@ class Rclone:
             params = {**params, "_config": {**params.get("_config", {}), **BRIEF_CONFIG}}
         reach = None if brief else Reachability(lambda: self.probe(path), self.patience, on_note)
         t0 = time.monotonic()
-        try:
-            lease = daemon.Lease(self.binary, self.flags)
-        except daemon.DaemonError as exc:  # it would not start: a flag it does not know, say
-            raise classify(command, [exc.stderr or str(exc)], [], exc.exit_code or 1) from None
-        with lease as rcd:
+        with self._lease(command) as rcd:
             try:
                 job = rcd.request(method, {**params, "_async": True})["jobid"]
             except daemon.CallFailed as exc:
@@ -646,6 +643,46 @@ class Rclone:
             raise classify(command, [str(status.get("error") or "failed")], [], 1)
         out = status.get("output")
         return out if isinstance(out, dict) else {}
+
+    @contextlib.contextmanager
+    def open(
+        self, path: str, *, cancel: threading.Event | None = None, on_note: NoteCallback | None = None
+    ) -> Iterator[daemon.Body]:
+        """The file ``path`` as a stream (``rclone cat``), served by the daemon: no process per stream,
+        one rclone's memory for all of them.  A cancel, a Ctrl-C or a remote that stops answering
+        (probed as a child's is) ends it between reads; a stream cut short shows in ``complete``."""
+        reach = Reachability(lambda: self.probe(path), self.patience, on_note)
+
+        def waiting() -> None:
+            if cancel is not None and cancel.is_set():
+                raise TransferCancelled("transfer cancelled")
+            reach.check()
+
+        fs, remote = split_root(path)
+        with self._lease("cat") as rcd:
+            try:
+                body = rcd.open(fs, remote, waiting, reach.alive)
+            except daemon.CallFailed as exc:
+                raise classify("cat", [str(exc)], [], 1) from None
+            except OSError as exc:
+                raise _gone(rcd, exc) from None
+            t0 = time.monotonic()
+            try:
+                yield body
+            except OSError as exc:  # the connection broke: the daemon died mid-stream
+                raise _gone(rcd, exc) from None
+            finally:
+                body.close()
+                logger.debug(
+                    "rclone cat %s (daemon): %d of %s bytes after %.3fs",
+                    log.command_line([path]), body.count, body.length, time.monotonic() - t0,
+                )  # fmt: skip
+
+    def _lease(self, command: str) -> daemon.Lease:
+        try:
+            return daemon.Lease(self.binary, self.flags)
+        except daemon.DaemonError as exc:  # it would not start: a flag it does not know, say
+            raise classify(command, [exc.stderr or str(exc)], [], exc.exit_code or 1) from None
 
     def lsjson(
         self, folder: str, *, recurse: bool = False, files_only: bool = False, hash: str = "", **kw: Any

@@ -87,8 +87,8 @@ def test_ctrl_c_during_drive_stage(tmp_path, no_loss, monkeypatch):
     remote, work, old, big = _old_data_and_a_big_dataset(tmp_path, monkeypatch)
     env = dict(kernel_env(tmp_path, remote), COLAB_MAGICS_RCLONE_FLAGS=SLOW)
     with running(work, env) as (km, kc):
-        reply, text, errors = _interrupt_when(km, kc, "%drive_stage big data --force", lambda: _rclone_under(km),
-                                              "the stage's transfer")  # fmt: skip
+        reply, text, errors = _interrupt_when(km, kc, "%drive_stage big data --force",
+                                              lambda: parts_staged(work / "data") > 0, "a part staged")  # fmt: skip
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt", errors
         assert "dest is unchanged" in text and "run the same stage again to resume" in text
         assert not _rclone_under(km)  # every rclone child stopped

@@ -185,6 +185,20 @@ def test_a_lock_taken_over_is_noticed_and_never_overwritten(clock, remote):
         lock.check(remote)
 
 
+def test_a_lock_taken_over_and_released_since_is_still_lost(clock, remote):
+    """Another kernel stole the lock, finished and released it between two of this kernel's syncs: an
+    absent lock is not this kernel's to write under, or its next sync would drop that kernel's files."""
+    lock = _lock(clock)
+    lock.acquire(remote)
+    del remote.files[PATH]  # the thief's release: no lock file at all
+    with pytest.raises(LockLost) as info:
+        lock.check(remote)
+    assert "was taken over by another kernel, which has since released it;" in str(info.value)
+    with pytest.raises(LockLost):
+        lock.refresh(remote)
+    assert PATH not in remote.files  # nothing written back
+
+
 def test_release_leaves_another_writers_lock_alone(clock, remote):
     thief = _elsewhere(clock, TTL)
     remote.put(**thief)
