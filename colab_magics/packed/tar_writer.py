@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+import time
 from dataclasses import dataclass
 from typing import IO, Callable
 
@@ -162,6 +163,7 @@ def write_part(
                 if on_bytes is not None:
                     on_bytes(len(data))
                 continue
+            st0 = _settled(fh, st0)
             now = FileStat(f.path, st0.st_size, f.mode, st0.st_mtime_ns)
             if not _acceptable(f, st0, tolerant and piece.whole):
                 changed.append(f.path)  # rewritten since the scan: left for the next sync, nothing sent
@@ -204,9 +206,32 @@ def _acceptable(planned: FileStat, st: os.stat_result, grown_ok: bool) -> bool:
     return grown_ok and planned.size <= st.st_size <= planned.size + GROWTH_SLACK
 
 
+# A file written this recently may be in the middle of a rewrite whose writer is paused between two
+# writes (a training loop's json.dump flushes 8 KiB at a time, and the interpreter or the OS may hold
+# it there): its size and time stand still while it is read, and a prefix would pass for the file.
+QUIET_NS = 50_000_000
+
+
+def _settled(fh: IO[bytes], st: os.stat_result) -> os.stat_result:
+    """``st``, or a fresh ``fstat`` once the file has been left alone for :data:`QUIET_NS`: a writer
+    paused mid-rewrite gets that long to go on, and then shows as changed."""
+    young = time.time_ns() - st.st_mtime_ns
+    if 0 <= young < QUIET_NS:
+        time.sleep((QUIET_NS - young) / 1e9)
+        return os.fstat(fh.fileno())
+    return st
+
+
 def _stable_read(fh: IO[bytes], st0: os.stat_result, tries: int) -> tuple[bytes, os.stat_result] | None:
-    """The whole content of a small open file, read while its ``fstat`` did not move."""
-    for _ in range(tries):
+    """The whole content of a small open file, read while its ``fstat`` did not move, and once it was
+    left alone for a moment (:func:`_settled`), if it is within ``tries``: a file that never is (a log
+    appended every millisecond) is read as it stands on the last try, a true earlier state of it."""
+    for attempt in range(tries):
+        settled = _settled(fh, st0)
+        moved = (settled.st_size, settled.st_mtime_ns) != (st0.st_size, st0.st_mtime_ns)
+        st0 = settled
+        if moved and attempt < tries - 1:
+            continue  # still being written: give it another moment
         fh.seek(0)
         data = fh.read(st0.st_size + 1)
         st1 = os.fstat(fh.fileno())

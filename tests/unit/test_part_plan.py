@@ -132,3 +132,37 @@ def test_the_planned_layout_is_what_write_part_writes(tmp_path):
         sink = io.BytesIO()
         assert write_part(stated, str(tmp_path), sink, {}) == []
         assert len(sink.getvalue()) == _tar_size(part) <= SMALLEST
+
+
+@pytest.mark.parametrize("tolerant", [True, False], ids=["persist", "push"])
+def test_a_file_caught_mid_rewrite_is_never_packed_as_its_prefix(tmp_path, monkeypatch, tolerant):
+    """A writer that has flushed part of a rewrite and is paused (json.dump writes 8 KiB at a time; the
+    interpreter or the OS may hold it there) leaves a file whose size and time stand still while it is
+    read.  One written that recently is given time to go on before it is read: here the pause ends,
+    deterministically, during that wait."""
+    import time
+
+    from colab_magics.packed import tar_writer
+
+    path = tmp_path / "state.json"
+    full = b"[" + b"7, " * 40_000 + b"7]"
+    path.write_bytes(full[:72 * KiB])  # flushed so far; the mtime is now
+    scanned = FileStat("state.json", 72 * KiB, 0o644, path.stat().st_mtime_ns)
+    waits: list[float] = []
+
+    def the_writer_goes_on(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 1:
+            with open(path, "ab") as fh:
+                fh.write(full[72 * KiB :])
+
+    clock = type("Clock", (), {"time_ns": staticmethod(time.time_ns), "sleep": staticmethod(the_writer_goes_on)})
+    monkeypatch.setattr(tar_writer, "time", clock)
+    sink, taken = io.BytesIO(), {}
+    changed = write_part([Piece(scanned, 0, scanned.size)], str(tmp_path), sink, {}, tolerant=tolerant, taken=taken)
+    assert waits and all(0 < w <= tar_writer.QUIET_NS / 1e9 for w in waits)
+    packed = {m.name: m.size for m in tarfile.open(fileobj=io.BytesIO(sink.getvalue()))} if sink.getvalue() else {}
+    if changed:  # left for the next sync, or refused as changed: nothing of it was sent
+        assert changed == ["state.json"] and "state.json" not in taken and packed.get("state.json", 0) == 0
+    else:  # taken whole, as it now is (a persist takes a file that grew since the scan)
+        assert tolerant and taken["state.json"].size == len(full) and packed["state.json"] == len(full)
