@@ -442,7 +442,11 @@ def report(
     tree_goal = "< 150 MB"
     if memory and "error" not in memory and memory.get("peak_tree_rss_sampled"):
         size = f"{memory['dataset_bytes'] / 2**30:.2g} GiB"
-        target(f"peak RSS of the whole process tree (staging {size} packed)", memory["peak_tree_rss_sampled"] / MB,
+        # judged on the bound, not the sample: a 20 ms sampler can miss a short peak (it has read less
+        # than the Python process's own peak), and the peaks of Python and of rclone may coincide
+        bound = (memory["self_maxrss_kib"] + memory["children_maxrss_kib"]) * 1024
+        memory["peak_tree_rss_bound"] = max(bound, memory["peak_tree_rss_sampled"])
+        target(f"peak RSS of the whole process tree (staging {size} packed)", memory["peak_tree_rss_bound"] / MB,
                tree_goal, lambda v: v < 150)  # fmt: skip
     elif not args.skip_memory:
         targets.append({"target": "peak RSS of the whole process tree", "value": None, "goal": tree_goal,
@@ -469,12 +473,15 @@ def report(
               f"{memory['self_maxrss_kib'] * 1024 / MB:.0f} MB "
               f"(of which {memory['rss_after_import_kib'] * 1024 / MB:.0f} MB "
               f"is the interpreter + imports)")  # fmt: skip
-            p(f"  largest rclone child (RUSAGE_CHILDREN of that process) = "
-              f"{memory['children_maxrss_kib'] * 1024 / MB:.0f} MB each; "
-              f"up to {memory.get('max_concurrent_children') or '?'} ran at once")  # fmt: skip
+            p(f"  largest rclone process (RUSAGE_CHILDREN of that process: the daemon, or a child) = "
+              f"{memory['children_maxrss_kib'] * 1024 / MB:.0f} MB; "
+              f"up to {memory.get('max_concurrent_children') or '?'} processes below Python at once "
+              "(the daemon is two: its sh watcher and rclone)")  # fmt: skip
             if tree:
-                p(f"  whole process tree (Python + rclone children, summed RSS sampled every 20 ms, shared pages "
-                  f"counted per process) peaked at {tree / MB:.0f} MB")  # fmt: skip
+                p(f"  whole process tree (Python + rclone, summed RSS sampled every 20 ms, shared pages "
+                  f"counted per process) peaked at {tree / MB:.0f} MB as sampled; the target is judged on "
+                  f"Python's peak + the largest rclone process's peak = {memory['peak_tree_rss_bound'] / MB:.0f} MB "
+                  "(a stage runs one rclone, the daemon)")  # fmt: skip
     text = "\n".join(lines)
     print(text, flush=True)
     return {"targets": targets, "text": text, "upload_file_by_file_scaled_to_n_s": up_fbf}
