@@ -101,6 +101,9 @@ class Daemon:
 
     def __init__(self, binary: str, flags: Sequence[str], env: dict[str, str]) -> None:
         self.folder = tempfile.mkdtemp(prefix="cm-rcd-")  # mode 0700: the socket is this user's alone
+        if len(self.folder) > 90:  # a unix socket's path must fit in 108 bytes: a long $TMPDIR would not do
+            os.rmdir(self.folder)
+            self.folder = tempfile.mkdtemp(prefix="cm-rcd-", dir="/tmp")
         self.socket = os.path.join(self.folder, "rc.sock")
         self._log_path = os.path.join(self.folder, "rclone.log")
         # --rc-serve: objects are read with a GET of /[remote:]path (a stage's streams)

@@ -59,11 +59,12 @@ def test_sigkill_mid_persist_then_fresh_kernel_restores(tmp_path):
     workdir = tmp_path / "work"
     workdir.mkdir()
     remote = tmp_path / "remote"
-    env = kernel_env(tmp_path, remote)
+    trace = tmp_path / "trace.log"
+    env = dict(kernel_env(tmp_path, remote), COLAB_MAGICS_DEBUG=str(trace))  # read if the syncs never land
     km, kc = start(workdir, env)
     try:
         run(kc, "%load_ext colab_magics")
-        kc.execute(TRAIN)
+        train = kc.execute(TRAIN)
         manifest = remote / "outputs" / "manifest.json"
         syncs: set[int] = set()
 
@@ -72,7 +73,16 @@ def test_sigkill_mid_persist_then_fresh_kernel_restores(tmp_path):
                 syncs.add(os.stat(manifest).st_mtime_ns)
             return len(syncs) >= 3
 
-        wait_until(landed, "three background syncs while the cell runs", interval=0.2)
+        try:
+            wait_until(landed, "three background syncs while the cell runs", interval=0.2)
+        except AssertionError as exc:  # say what the kernel said and did, not only that it did not sync
+            said = []
+            while kc.iopub_channel.msg_ready():
+                msg = kc.get_iopub_msg(timeout=1)
+                if msg["parent_header"].get("msg_id") == train and msg["msg_type"] in ("stream", "error"):
+                    said.append(msg["content"].get("text") or msg["content"].get("evalue"))
+            tail = trace.read_text(errors="replace")[-4000:] if trace.exists() else "(no trace)"
+            raise AssertionError(f"{exc}; {len(syncs)} seen; the cell said: {said}; trace tail:\n{tail}") from None
         killed_at = json.load(open(workdir / "outputs" / "ckpt.json"))["step"]
         os.kill(km.provisioner.pid, signal.SIGKILL)  # no finally, no final sync, no lock release
         km.provisioner.process.wait()
