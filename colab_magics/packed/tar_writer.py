@@ -223,20 +223,23 @@ def _settled(fh: IO[bytes], st: os.stat_result) -> os.stat_result:
 
 
 def _stable_read(fh: IO[bytes], st0: os.stat_result, tries: int) -> tuple[bytes, os.stat_result] | None:
-    """The whole content of a small open file, read while its ``fstat`` did not move, and once it was
-    left alone for a moment (:func:`_settled`), if it is within ``tries``: a file that never is (a log
-    appended every millisecond) is read as it stands on the last try, a true earlier state of it."""
+    """The whole content of a small open file, read while its ``fstat`` did not move, and accepted once
+    it has stayed as read for a moment if it was just written (:func:`_settled`): a writer paused in the
+    middle of a rewrite gets that moment to go on, and then shows as moved.  The last of several tries
+    takes a stable read as it stands: a file that never stays (a log appended every millisecond) is
+    then a true earlier state of itself.  The read comes first, so a file rewritten often still matches
+    the scan that planned it."""
     for attempt in range(tries):
-        settled = _settled(fh, st0)
-        moved = (settled.st_size, settled.st_mtime_ns) != (st0.st_size, st0.st_mtime_ns)
-        st0 = settled
-        if moved and attempt < tries - 1:
-            continue  # still being written: give it another moment
         fh.seek(0)
         data = fh.read(st0.st_size + 1)
         st1 = os.fstat(fh.fileno())
         if len(data) == st0.st_size and (st1.st_size, st1.st_mtime_ns) == (st0.st_size, st0.st_mtime_ns):
-            return data, st1
+            if tries > 1 and attempt == tries - 1:
+                return data, st1
+            settled = _settled(fh, st1)
+            if (settled.st_size, settled.st_mtime_ns) == (st1.st_size, st1.st_mtime_ns):
+                return data, st1
+            st1 = settled
         st0 = st1
     return None
 
