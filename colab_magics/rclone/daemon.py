@@ -86,14 +86,19 @@ class _UnixConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+        self.sock = _connect(self._path, self.timeout)
+
+
+def _connect(path: str, timeout: float | None) -> socket.socket:
+    """A connection to the daemon's unix socket; reads and writes wait at most ``timeout`` each."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class Daemon:
@@ -201,10 +206,8 @@ class Daemon:
         """The object ``remote`` of the remote ``fs``, as a stream (a plain HTTP/1.0 GET: the body is
         the object's bytes, its length announced).  ``waiting`` is called whenever nothing arrived for
         a moment (it raises to give up: a cancel, a remote gone); ``moved`` whenever bytes arrived."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _connect(self.socket, READ_WAIT)
         try:
-            sock.settimeout(READ_WAIT)
-            sock.connect(self.socket)
             target = urllib.parse.quote(f"[{fs}]/{remote}", safe="/")
             sock.sendall(f"GET /{target} HTTP/1.0\r\nHost: rclone\r\n\r\n".encode())
             body = Body(sock, waiting, moved)

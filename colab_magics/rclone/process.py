@@ -577,8 +577,7 @@ class Rclone:
 
     def json(self, *args: str) -> object:
         """Run a command that prints JSON; its value, not checked yet."""
-        command = log.command_line(args)
-        return output.decode(self.run(*args), command)
+        return output.decode(self.run(*args), log.command_line(args))
 
     # -- calls to the daemon ----------------------------------------------------------------------
     def call(
@@ -689,21 +688,20 @@ class Rclone:
     ) -> list[output.Entry]:
         """The entries of ``folder`` (``rclone lsjson``), every one checked; paths relative to ``folder``.
         ``hash``: a hash type to list where the remote keeps it (``md5``)."""
-        fs, remote = split_root(folder)
         opt: dict[str, Any] = {"recurse": recurse, "filesOnly": files_only, "noMimeType": True}
         if hash:
             opt.update(showHash=True, hashTypes=[hash])
-        params = {"fs": fs, "remote": remote, "opt": opt}
+        params = {**_at(folder), "opt": opt}
         out = self.call("operations/list", params, command="lsjson", path=folder, **kw)
         entries = output.listing(out.get("list"), f"lsjson {log.command_line([folder])}")
+        remote = params["remote"]
         depth = remote.count("/") + 1 if remote else 0  # rclone lists paths from the root: drop the folder's part
         return [e._replace(path=e.path.split("/", depth)[-1]) for e in entries] if depth else entries
 
     def stat(self, path: str, *, hash: str = "", **kw: Any) -> output.Entry:
         """The one entry at ``path`` (``rclone lsjson --stat``); :class:`RemoteNotFound` where there is none."""
-        fs, remote = split_root(path)
         opt = {"noMimeType": True, **({"showHash": True, "hashTypes": [hash]} if hash else {})}
-        out = self.call("operations/stat", {"fs": fs, "remote": remote, "opt": opt}, command="lsjson", path=path, **kw)
+        out = self.call("operations/stat", {**_at(path), "opt": opt}, command="lsjson", path=path, **kw)
         if out.get("item") is None:
             raise RemoteNotFound(f"not found on the remote: {path}", exit_code=3)
         entry = output.entry(out["item"], f"lsjson --stat {log.command_line([path])}")
@@ -719,8 +717,7 @@ class Rclone:
 
     def remote_types(self) -> dict[str, str]:
         """Each configured remote's backend type, by name (the daemon's API lists names, not types)."""
-        command = "listremotes --json"
-        return output.remote_types(output.decode(self.run("listremotes", "--json"), command), command)
+        return output.remote_types(self.json("listremotes", "--json"), "listremotes --json")
 
     def copyfile(self, src: str, dst: str, **kw: Any) -> None:
         """Copy the file ``src`` to the file ``dst`` (``rclone copyto``)."""
@@ -734,18 +731,15 @@ class Rclone:
         self.call("operations/movefile", params, command="moveto", path=dst, **kw)
 
     def deletefile(self, path: str, **kw: Any) -> None:
-        fs, remote = split_root(path)
-        self.call("operations/deletefile", {"fs": fs, "remote": remote}, command="deletefile", path=path, **kw)
+        self.call("operations/deletefile", _at(path), command="deletefile", path=path, **kw)
 
     def purge(self, path: str, **kw: Any) -> None:
         """Remove the folder ``path`` and all it holds."""
-        fs, remote = split_root(path)
-        self.call("operations/purge", {"fs": fs, "remote": remote}, command="purge", path=path, **kw)
+        self.call("operations/purge", _at(path), command="purge", path=path, **kw)
 
     def rmdirs(self, path: str, leave_root: bool = False, **kw: Any) -> None:
         """Remove the empty folders in ``path`` (and ``path`` itself unless ``leave_root``)."""
-        fs, remote = split_root(path)
-        params = {"fs": fs, "remote": remote, "leaveRoot": leave_root}
+        params = {**_at(path), "leaveRoot": leave_root}
         self.call("operations/rmdirs", params, command="rmdirs", path=path, **kw)
 
     def move_tree(self, src: str, dst: str, **kw: Any) -> None:
@@ -779,6 +773,12 @@ def _gone(rcd: daemon.Daemon, exc: BaseException) -> RcloneError:
         f"the rclone daemon stopped answering ({exc or type(exc).__name__}); run again "
         f"(it is restarted): {rcd.said() or 'no message'}"
     )
+
+
+def _at(path: str) -> dict[str, Any]:
+    """The parameters that name ``path`` in a daemon call: its remote's root and the path below it."""
+    fs, remote = split_root(path)
+    return {"fs": fs, "remote": remote}
 
 
 def _pair(src: str, dst: str) -> dict[str, str]:
@@ -840,13 +840,7 @@ def _pipe(pipe: IO[bytes] | None, name: str) -> IO[bytes]:
 
 def _remote_in(args: Sequence[str]) -> str | None:
     """The first remote path among a command's arguments (``name:...`` or ``:backend:...``), if any."""
-    for arg in args[1:]:
-        if arg.startswith("-") or arg.startswith("/") or ":" not in arg:
-            continue
-        head = arg.split(":", 1)[0]
-        if "/" not in head:
-            return arg
-    return None
+    return next((arg for arg in args[1:] if not arg.startswith("-") and is_remote(arg)), None)
 
 
 def stop_all() -> None:
