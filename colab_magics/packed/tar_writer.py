@@ -163,7 +163,6 @@ def write_part(
                 if on_bytes is not None:
                     on_bytes(len(data))
                 continue
-            st0 = _settled(fh, st0)
             now = FileStat(f.path, st0.st_size, f.mode, st0.st_mtime_ns)
             if not _acceptable(f, st0, tolerant and piece.whole):
                 changed.append(f.path)  # rewritten since the scan: left for the next sync, nothing sent
