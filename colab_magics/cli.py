@@ -82,7 +82,7 @@ def _persist(args: argparse.Namespace) -> int:
         raise ColabMagicsError("give the command to run after --, e.g. colab-magics persist outputs -- python train.py")
     persister = Persister(
         args.dir, args.dest, every=args.sync_interval, mirror=args.mirror, part_size=args.part_size,
-        restore=not args.no_restore, steal_lock=args.steal_lock, report=_StderrReport(),
+        mount_trash=args.mount_trash, restore=not args.no_restore, steal_lock=args.steal_lock, report=_StderrReport(),
     )  # fmt: skip
     with persister:
         status = _run(args.run)

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .destination.trash import DEFAULT_FACTOR, parse_factor
 from .errors import BadInput, ColabMagicsError
 from .packed.manifest import DEFAULT_PART_SIZE
 from .persist import DEFAULT_EVERY, MIN_EVERY
@@ -127,6 +128,16 @@ SYNC_INTERVAL = Option(
     "COLAB_MAGICS_SYNC_INTERVAL",
     str,
 )
+MOUNT_TRASH = Option(
+    "mount_trash",
+    "on the Drive mount, what the timed syncs may leave in Drive's Trash, as a multiple of the folder's size "
+    "(off: no bound); Sync now and the final sync always go",
+    ("--mount-trash",),
+    parse_factor,
+    DEFAULT_FACTOR,
+    "COLAB_MAGICS_MOUNT_TRASH",
+    str,
+)
 
 STAGE = (
     Option("source", "remote path (gdrive:x, /path) or a name under the default remote root"),
@@ -152,6 +163,7 @@ PERSIST = (
     Option("steal_lock", "take over from another writer (a kernel or a script) persisting to the same place",
            ("--steal-lock",)),  # fmt: skip
     PART_SIZE,
+    MOUNT_TRASH,
 )
 FLUSH = (Option("disconnect", "then end this runtime (google.colab.runtime.unassign)", ("--disconnect",)),)
-SETTINGS = (REMOTE, PART_SIZE, WORKERS, SYNC_INTERVAL)  # %config ColabMagics.<name>
+SETTINGS = (REMOTE, PART_SIZE, WORKERS, SYNC_INTERVAL, MOUNT_TRASH)  # %config ColabMagics.<name>

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Callable, Protocol, TypeVar
 
 from .destination.safety import Where, where
+from .destination.trash import TrashBudget
 from .errors import ColabMagicsError, LockLost
 from .events import Direction, Event, EventBus, Fact, Job, Kind, Progress, bus
 from .host.colab import require_drive_mounted
@@ -74,6 +75,7 @@ class PersistStatus:
     pending: list[str]  # files left for the next sync (still being written)
     syncs: int
     last_result: Result | None
+    held: str = ""  # why changed files wait (the Trash budget of a destination on the Drive mount)
 
 
 class Ending(Enum):
@@ -138,6 +140,7 @@ class Persister:
         mirror: bool = False,
         part_size: int = DEFAULT_PART_SIZE,
         settle: float = 0.5,
+        mount_trash: float | None = 1.0,
         root: str | None = None,
         rclone: Rclone | None = None,
         events: EventBus | None = None,
@@ -156,6 +159,8 @@ class Persister:
         self.events = events
         self.name = f"persist {os.path.basename(self.local)}"
         self.where = where(self.dest, self.rclone)  # said in every status and summary of this persist
+        # through the Drive mount, every part deleted fills Drive's Trash: timed syncs keep to a budget
+        self.trash = TrashBudget(self.dest, mount_trash) if self.where is Where.MOUNT else None
         self.clock = clock
         self.lock = RemoteLock(self.rclone, self.dest, lock_ttl, clock)
         self._restore_first, self._steal_lock = restore, steal_lock  # what entering the ``with`` does
@@ -275,8 +280,12 @@ class Persister:
                     future.cancel()
 
     # -- control (the panel's buttons) --------------------------------------------------------
-    def trigger(self) -> Future:
-        """Sync as soon as possible; the future resolves with that sync's outcome."""
+    def trigger(self, trash_emptied: bool = False) -> Future:
+        """Sync as soon as possible; the future resolves with that sync's outcome.  ``trash_emptied``
+        (the person's Sync now, which the held message asks for once Drive's Trash is emptied): the
+        Trash budget counts afresh."""
+        if trash_emptied and self.trash is not None:
+            self.trash.reset()
         future: Future = Future()
         with self._state_lock:
             self._waiting.append(future)
@@ -304,7 +313,8 @@ class Persister:
         """Measure :meth:`pending` and publish it (the views never walk the folder themselves)."""
         files, size = self.pending()
         progress = Progress(total_bytes=size, total_files=files)
-        pending = Event(0, self.name, Direction.UP, Kind.PENDING, progress, where=self.where, target=self.dest)
+        held = self.status().held if files else ""
+        pending = Event(0, self.name, Direction.UP, Kind.PENDING, progress, held, where=self.where, target=self.dest)
         (self.events or bus).publish(pending)
         return files, size
 
@@ -313,8 +323,9 @@ class Persister:
             return PersistStatus(**vars(self._status))
 
     # -- work -------------------------------------------------------------------------------
-    def sync(self, settle: float | None = None) -> SyncOutcome:
-        """One incremental sync now (serialised with the background one)."""
+    def sync(self, settle: float | None = None, timed: bool = False) -> SyncOutcome:
+        """One incremental sync now (serialised with the background one); ``timed``: one of the
+        background's periodic syncs, which keep to the Trash budget (:mod:`.destination.trash`)."""
         with self._sync_lock:
             self._set(state=PersistState.SYNCING)
             ctx = self._context()
@@ -326,7 +337,7 @@ class Persister:
                     require_drive_mounted(os.path.abspath(self.dest))
                 outcome = PackedSync(ctx, self.local, self.dest, options).run(
                     self._manifest, fetch_old=self._manifest_unsure, before_commit=lambda: self.lock.check(ctx),
-                    sweep=self._unswept,
+                    sweep=self._unswept, trash=self.trash, timed=timed,
                 )  # fmt: skip
             except BaseException as exc:
                 self._unswept = True  # whatever it left (a part, a temporary manifest): the next sync sweeps
@@ -342,6 +353,7 @@ class Persister:
             with self._state_lock:
                 s = self._status
                 s.state, s.last_error, s.pending = _resting(self._paused), "", outcome.deferred
+                s.held = self.trash.held_note(len(outcome.held)) if self.trash and outcome.held else ""
                 s.last_sync, s.syncs, s.last_result = self.clock(), s.syncs + 1, outcome.result
             ctx.job.finish(outcome.result)
             self.publish_pending()
@@ -378,7 +390,7 @@ class Persister:
                 continue
             started = time.monotonic()
             try:
-                outcome = self.sync()
+                outcome = self.sync(timed=not waiting)
             except Exception as exc:  # recorded in the status; the next interval tries again
                 logger.debug("%s: sync failed, next try in %.0fs: %s", self.name, self.every, exc)
                 for future in waiting:

@@ -26,8 +26,9 @@ class Controls:
         self._flush = flush
 
     def sync(self) -> list[Future]:
-        """Every running persist syncs now; their futures, for whoever wants to wait."""
-        return [p.trigger() for p in self._persisters()]
+        """Every running persist syncs now; their futures, for whoever wants to wait.  It is the person's
+        Sync now, which a persist held back by Drive's Trash asks for once the Trash is emptied."""
+        return [p.trigger(trash_emptied=True) for p in self._persisters()]
 
     def paused(self) -> bool:
         return any(p.status().state == PersistState.PAUSED for p in self._persisters())

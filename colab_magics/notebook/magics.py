@@ -33,7 +33,19 @@ from ..host import colab as host
 from ..host import deadline, kaggle
 from ..host.deadline import DeadlineWatch
 from ..jobs import Result
-from ..options import FLUSH, PART_SIZE, PERSIST, PUSH, REMOTE, STAGE, SYNC_INTERVAL, WORKERS, Option, resolve
+from ..options import (
+    FLUSH,
+    MOUNT_TRASH,
+    PART_SIZE,
+    PERSIST,
+    PUSH,
+    REMOTE,
+    STAGE,
+    SYNC_INTERVAL,
+    WORKERS,
+    Option,
+    resolve,
+)
 from ..persist import Ending, Final, Persister, PersistState
 from ..push import push
 from ..rclone import process as runner
@@ -118,6 +130,7 @@ class ColabMagics(Magics):
     part_size = _setting(PART_SIZE)
     workers = _setting(WORKERS)
     sync_interval = _setting(SYNC_INTERVAL)
+    mount_trash = _setting(MOUNT_TRASH)
     debug = Bool(
         help="The debug trace: every rclone call (secrets hidden) and sync decision, with times and threads, to "
         "stderr or to the file COLAB_MAGICS_DEBUG names (default: on when COLAB_MAGICS_DEBUG is set)."
@@ -392,7 +405,8 @@ class ColabMagics(Magics):
         try:
             persister = Persister(
                 args.dir, args.dest, every=args.sync_interval, mirror=args.mirror, part_size=args.part_size,
-                root=self._root(), restore=not args.no_restore, steal_lock=args.steal_lock, report=_CellReport(self),
+                mount_trash=args.mount_trash, root=self._root(), restore=not args.no_restore,
+                steal_lock=args.steal_lock, report=_CellReport(self),
             )  # fmt: skip
         except ColabMagicsError as exc:  # a destination that does not resolve: nothing started
             raise UsageError(str(exc)) from None

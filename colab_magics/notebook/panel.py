@@ -70,6 +70,8 @@ def describe(row: Row, now: float | None = None) -> str:
         bits.append(f"{_size(row.free_bytes)} free there{trash}")
     if row.pending_files:
         bits.append(f"pending {row.pending_files:,} file(s), {_size(row.pending_bytes)}")
+        if row.held:
+            bits.append(row.held)
     return " \u00b7 ".join(bits)
 
 

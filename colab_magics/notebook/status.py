@@ -55,6 +55,7 @@ class Row:
     error: str = ""  # the last error, in plain words; cleared by a later success
     pending_files: int = 0  # for persists: local changes not on the remote yet
     pending_bytes: int = 0
+    held: str = ""  # why pending changes wait, where something holds them back (the Trash budget)
     where: str = ""  # uploads: where the data really lives (a :class:`Where` value)
     free_bytes: int | None = None  # uploads: room left at the destination, where it says
     trash_bytes: int | None = None
@@ -93,8 +94,9 @@ class StatusBoard:
             return
         if event.kind == Kind.PENDING:
             progress = event.progress
+            held = event.message  # why they wait, if something holds them back
             self._change(event, lambda row: replace(row, pending_files=progress.total_files,
-                                                    pending_bytes=progress.total_bytes))  # fmt: skip
+                                                    pending_bytes=progress.total_bytes, held=held))  # fmt: skip
             return
         if event.kind == Kind.DEADLINE:
             with self._lock:
@@ -164,7 +166,8 @@ class StatusBoard:
             return Overall(OverallState.SYNCING, not at_risk, ", ".join(r.name for r in running))
         if pending:
             files = sum(r.pending_files for r in pending)
-            return Overall(OverallState.PENDING, False, f"{files:,} changed file(s) not on the remote yet")
+            held = next((f"{r.name}: {r.held}" for r in pending if r.held), "")
+            return Overall(OverallState.PENDING, False, held or f"{files:,} changed file(s) not on the remote yet")
         if exposed:
             return Overall(OverallState.SYNCED, False, Where(exposed[0].where).caveat())
         return Overall(OverallState.SYNCED, True, "everything is on the remote")

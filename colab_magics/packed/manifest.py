@@ -80,6 +80,9 @@ class Manifest:
     links: list[LinkEntry] = field(default_factory=list)
     parts: list[PartEntry] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.stored_size: int | None = None  # bytes as read or written (not a field: not in the JSON)
+
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
@@ -171,6 +174,7 @@ class Manifest:
             for f in manifest.files:
                 if any(not 0 <= seg.part < len(manifest.parts) for seg in f.segments):
                     raise ValueError(f"{f.path!r} is in a part the manifest does not list")
+            manifest.stored_size = len(raw)
             return manifest
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{where}: manifest.json is malformed ({exc!r}); re-push the dataset") from exc

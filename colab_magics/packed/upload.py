@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Callable, cast
 
 from ..destination.space import check_room
+from ..destination.trash import TrashBudget
 from ..errors import BadInput, ColabMagicsError, RemoteNotFound, SourceChanged, TransferCancelled, VerificationError
 from ..jobs import STALE_SECONDS, Context, Result, abort_stale_uploads, age, quietly, short_id, sweep
 from ..local import tree as localtree
@@ -67,6 +68,8 @@ class SyncOutcome:
     result: Result
     manifest: Manifest
     deferred: list[str] = field(default_factory=list)  # changed while read: previous version kept, next sync retries
+    held: list[str] = field(default_factory=list)  # their upload would pass the Trash budget: previous version kept
+    trashed: int = 0  # bytes this sync deleted at the destination (on a mount: into Drive's Trash)
 
 
 class PackedSync:
@@ -135,11 +138,14 @@ class PackedSync:
         fetch_old: bool = True,
         before_commit: Callable[[], None] | None = None,
         sweep: bool = True,
+        trash: TrashBudget | None = None,
+        timed: bool = False,
     ) -> SyncOutcome:
         """Upload what changed; ``before_commit`` may veto (raise) just before the manifest is replaced.
         ``sweep``: also look for what killed or failed runs left (two listings); a caller that knows
         nothing can be left there (its own previous sync ended cleanly, and its lock keeps others
-        out) skips them."""
+        out) skips them.  ``trash``: what the deletes may cost in Drive's Trash (a destination on the
+        mount), spent here; a ``timed`` sync holds back the changes that would pass it."""
         tree = self.settled_scan()
         if fetch_old:
             old = self.load_old()
@@ -156,7 +162,8 @@ class PackedSync:
             if p in old_files and old_files[p].stat_key() == (p, f.size, f.mtime_ns, f.mode)
         }
         must_keep = set(old_files) - set(current) if self.opt.keep_deleted else set()
-        served = self._served_from_old(old, old_files, unchanged | must_keep, must_keep)
+        allowance = trash.allowance(sum(f.size for f in current.values()), timed) if trash else None
+        served, held = served_from_old(old, old_files, unchanged | must_keep, must_keep, allowance)
         to_upload = sorted(p for p in current if p not in served)
         total = sum(current[p].size for p in to_upload)
         if logger.isEnabledFor(logging.DEBUG):
@@ -182,20 +189,23 @@ class PackedSync:
             manifest, final = self._build(tree, old, old_files, served, new_parts, torn, digests, taken)
             if old is not None and not new_parts and manifest == old:
                 logger.debug("%s is up to date: its manifest stays as it is", self.dest)
-                return SyncOutcome(self._result(final, up_to_date=True), old, sorted(torn))
+                return SyncOutcome(self._result(final, up_to_date=not held), old, sorted(torn), sorted(held))
             if before_commit is not None:
                 before_commit()
             self._put_manifest(manifest)
+            replaced = 0 if old is None else old.stored_size or manifest.stored_size or 0  # on a mount: in the Trash
         except BaseException:
             quietly(self.ctx.rc.purge, staging)
             if new_parts:  # published but never named by a manifest: ours to remove
                 self._delete_parts({entry.name for entry, _ in new_parts}, quiet=True)
             raise
-        self._remove_unreferenced(manifest, old, sweep)
+        trashed = replaced + self._remove_unreferenced(manifest, old, sweep)
+        if trash is not None:
+            trash.spend(trashed)
         moved = sum(taken[p].size for p in to_upload if p in taken and p not in torn)
         result = self._result(final, moved_files=len([p for p in to_upload if p not in torn]), moved_bytes=moved)
         result.reused_parts = len(manifest.parts) - len(new_parts)
-        return SyncOutcome(result, manifest, sorted(torn))
+        return SyncOutcome(result, manifest, sorted(torn), sorted(held), trashed)
 
     def _trace_plan(
         self, current: dict, old_files: dict, unchanged: set[str], must_keep: set[str], to_upload: list[str], total: int
@@ -216,19 +226,6 @@ class PackedSync:
             logger.debug("keep %s: deleted here, kept on the remote", path)
         for path in sorted(dropped):
             logger.debug("drop %s: deleted here", path)
-
-    @staticmethod
-    def _served_from_old(old: Manifest | None, old_files: dict, live: set[str], must_keep: set[str]) -> set[str]:
-        """Files whose current version stays in the old parts (parts less than half current are repacked)."""
-        if old is None:
-            return set()
-        live_bytes = [0] * len(old.parts)
-        for p in live:
-            for seg in old_files[p].segments:
-                live_bytes[seg.part] += seg.length
-        pinned = {seg.part for p in must_keep for seg in old_files[p].segments}
-        dissolve = {i for i, part in enumerate(old.parts) if i not in pinned and live_bytes[i] * 2 < part.data_bytes}
-        return {p for p in live if not any(seg.part in dissolve for seg in old_files[p].segments)} | must_keep
 
     def _build(
         self,
@@ -381,13 +378,16 @@ class PackedSync:
 
     def _put_manifest(self, manifest: Manifest) -> None:
         """Replace the manifest, proven: the parts the old one needs are removed only after this."""
-        self.ctx.replace(remotes.join(self.dest, MANIFEST_NAME), manifest.to_json())
+        data = manifest.to_json()
+        self.ctx.replace(remotes.join(self.dest, MANIFEST_NAME), data)
+        manifest.stored_size = len(data)
 
-    def _remove_unreferenced(self, manifest: Manifest, old: Manifest | None, stale: bool) -> None:
-        """Delete our own parts the new manifest no longer needs (for good, not to Drive's Trash);
-        ``stale``: also what killed runs left (found by listing)."""
+    def _remove_unreferenced(self, manifest: Manifest, old: Manifest | None, stale: bool) -> int:
+        """Delete our own parts the new manifest no longer needs (through rclone's Drive backend for good;
+        through the Drive mount, into Drive's Trash); ``stale``: also what killed runs left (found by
+        listing).  Returns the bytes deleted."""
         keep = {p.name for p in manifest.parts}
-        doomed = {p.name for p in old.parts} - keep if old else set()
+        doomed = {p.name: p.size for p in old.parts if p.name not in keep} if old else {}
         unreferenced = len(doomed)
         if stale:
             doomed |= self._stale_parts(keep)
@@ -398,23 +398,24 @@ class PackedSync:
             self.dest, unreferenced, len(doomed) - unreferenced, "" if stale else " (not looked for)",
         )  # fmt: skip
         if doomed:
-            self._delete_parts(doomed)
-            if _folders(doomed) - _folders(keep):  # a folder that may now be empty (one that holds a kept part cannot)
+            self._delete_parts(set(doomed))
+            if _folders(set(doomed)) - _folders(keep):  # a folder that may now be empty (one with a kept part cannot)
                 quietly(functools.partial(self.ctx.rc.rmdirs, leave_root=True), remotes.join(self.dest, "parts"))
+        return sum(doomed.values())
 
-    def _stale_parts(self, keep: set[str]) -> set[str]:
-        """Parts no manifest names that are old enough to be a killed run's, not a live push's."""
+    def _stale_parts(self, keep: set[str]) -> dict[str, int]:
+        """Parts no manifest names that are old enough to be a killed run's, not a live push's; their sizes."""
         try:
             parts = remotes.join(self.dest, "parts")
             listing = self.ctx.rc.lsjson(parts, recurse=True, files_only=True, **self.ctx.watch)
         except RemoteNotFound:
-            return set()
+            return {}
         now = time.time()
-        stale = set()
+        stale = {}
         for entry in listing:
             name = "parts/" + remotes.listed_name(entry.path)
             if name not in keep and age(name, entry.mod_time, now) > STALE_SECONDS:
-                stale.add(name)
+                stale[name] = entry.size
         return stale
 
     def _delete_parts(self, names: set[str], quiet: bool = False) -> None:
@@ -431,6 +432,52 @@ class PackedSync:
                 self.ctx.rc.delete_listed(folder, listfile.name, **self.ctx.watch)
         finally:
             Path(listfile.name).unlink(missing_ok=True)
+
+
+def served_from_old(
+    old: Manifest | None, old_files: dict[str, FileEntry], live: set[str], must_keep: set[str],
+    allowance: int | None = None,
+) -> tuple[set[str], set[str]]:
+    """The files whose version stays in the old parts, and of them those held back at their previous
+    version so that the parts deleted fit in ``allowance`` bytes (None: no bound).  ``live``: the
+    files unchanged here, and ``must_keep``, deleted here but kept (copy semantics)."""
+    dissolve = _dissolving(old, old_files, live, must_keep)
+    held: set[str] = set()
+    if old is not None and allowance is not None:
+        held = _held_back(old, old_files, dissolve, allowance, live)
+        dissolve &= _dissolving(old, old_files, live | held, must_keep | held)
+    served = {p for p in live | held if not any(seg.part in dissolve for seg in old_files[p].segments)}
+    return served | must_keep | held, held
+
+
+def _dissolving(old: Manifest | None, old_files: dict[str, FileEntry], live: set[str], pinned: set[str]) -> set[int]:
+    """The old parts to repack: less than half of what they hold is still current (``live``), and none
+    holds a file that must stay as it is (``pinned``)."""
+    if old is None:
+        return set()
+    live_bytes = [0] * len(old.parts)
+    for p in live:
+        for seg in old_files[p].segments:
+            live_bytes[seg.part] += seg.length
+    kept = {seg.part for p in pinned for seg in old_files[p].segments}
+    return {i for i, part in enumerate(old.parts) if i not in kept and live_bytes[i] * 2 < part.data_bytes}
+
+
+def _held_back(
+    old: Manifest, old_files: dict[str, FileEntry], dissolve: set[int], allowance: int, live: set[str]
+) -> set[str]:
+    """The changed (or deleted) files to leave at their previous version so that the parts this sync
+    deletes fit in ``allowance`` bytes: the smallest parts are let go first, and a file with a segment
+    in a part that must stay is held."""
+    let_go, spent = set(), 0
+    for i in sorted(dissolve, key=lambda i: (old.parts[i].size, i)):
+        if spent + old.parts[i].size <= allowance:
+            let_go.add(i)
+            spent += old.parts[i].size
+    staying = dissolve - let_go
+    if not staying:
+        return set()
+    return {p for p, e in old_files.items() if p not in live and any(seg.part in staying for seg in e.segments)}
 
 
 def _folders(parts: set[str]) -> set[str]:

@@ -15,7 +15,7 @@ import hashlib
 from colab_magics.local.tree import FileStat, Tree
 from colab_magics.packed.manifest import DirEntry, FileEntry, LinkEntry, Manifest, PartEntry, Segment
 from colab_magics.packed.tar_writer import Piece
-from colab_magics.packed.upload import PackedSync, SyncOptions
+from colab_magics.packed.upload import PackedSync, SyncOptions, served_from_old
 
 MTIME = 1_700_000_000 * 10**9
 
@@ -43,7 +43,7 @@ def _old(*parts: dict[str, int]) -> Manifest:
 def _served(old: Manifest | None, live: set[str], kept_deleted: frozenset[str] = frozenset()) -> set[str]:
     """What ``run`` asks: of the unchanged files (and the deleted ones kept), which stay where they are."""
     old_files = {f.path: f for f in old.files} if old else {}
-    return PackedSync._served_from_old(old, old_files, live | kept_deleted, set(kept_deleted))
+    return served_from_old(old, old_files, live | kept_deleted, set(kept_deleted))[0]
 
 
 def _build(
@@ -120,6 +120,38 @@ def test_a_file_deleted_here_but_kept_pins_its_part():
     old = _old({"gone": 10, "changed": 80, "a": 10}, {"other": 100})
     assert _served(old, {"a", "other"}, kept_deleted=frozenset({"gone"})) == {"gone", "a", "other"}
     assert _served(old, {"a", "other"}) == {"other"}  # mirror: part 0 is 10% current, repacked
+
+
+def _held(old: Manifest, live: set[str], allowance: int | None, kept_deleted: frozenset[str] = frozenset()):
+    """What ``run`` asks on the Drive mount: (served, held back) when the parts deleted may come to
+    ``allowance`` bytes (each old part is 10,240 bytes of tar headers plus its data)."""
+    old_files = {f.path: f for f in old.files}
+    return served_from_old(old, old_files, live | kept_deleted, set(kept_deleted), allowance)
+
+
+def test_within_the_trash_allowance_nothing_is_held():
+    old = _old({"model": 1000}, {"log": 10})  # parts of 11,240 and 10,250 bytes
+    assert _held(old, set(), allowance=21_490) == (set(), set())  # both changed, both parts let go
+    assert _held(old, set(), allowance=None) == (set(), set())  # no bound
+
+
+def test_the_smallest_parts_are_let_go_first_and_the_rest_is_held_at_its_previous_version():
+    old = _old({"model": 1000}, {"log": 10})
+    assert _held(old, set(), allowance=10_250) == ({"model"}, {"model"})  # the log goes up, the model waits
+    assert _held(old, set(), allowance=0) == ({"model", "log"}, {"model", "log"})
+
+
+def test_an_unchanged_file_in_a_part_that_must_stay_is_not_held_and_not_repacked():
+    old = _old({"model": 1000, "config": 10})
+    assert _held(old, {"config"}, allowance=0) == ({"model", "config"}, {"model"})
+
+
+def test_a_held_file_split_over_parts_keeps_every_part_of_it():
+    old = _old({"big": 100}, {"big": 60, "x": 40}, {"y": 90})
+    # big and x changed: the allowance lets part 0 go and holds part 1 back, so big is held, and part 0,
+    # which holds its first piece, stays too
+    served, held = _held(old, {"y"}, allowance=10_240 + 100)
+    assert held == {"big", "x"} and served == {"big", "x", "y"}
 
 
 def test_a_changed_file_goes_into_a_new_part_and_its_old_version_is_skipped():
