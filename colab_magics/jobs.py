@@ -136,17 +136,80 @@ class Context:
             except FileNotFoundError:  # a bucket remote: a missing object copies nothing
                 return None
 
+    def read_replaced(self, final: str, rank: Callable[[bytes], float | None], repair: bool) -> bytes | None:
+        """Content of ``final``, a small file written by :meth:`replace`; where it is missing, of its
+        temporary copy that ``rank`` ranks highest (None: not a whole copy).  rclone's move deletes the
+        old file before it moves the new one in, so a replace cut between the two (a refused request, a
+        kill) leaves that copy as the only version, complete and verified.  ``repair`` (a writer): also
+        move it into place and drop the other copies; without it nothing is written (a stage only reads)."""
+        raw = self.read_optional(final)
+        if raw is not None:
+            return raw
+        folder, copies = self._copies(final, self.watch)
+        ranked = []
+        for name in copies:
+            data = self.read_optional(remotes.join(folder, name))
+            order = None if data is None else rank(data)
+            if order is not None:
+                ranked.append((order, name, data))
+        if not ranked:
+            return None
+        _, best, raw = max(ranked)
+        logger.warning("%s was missing: its replacement %s, cut short, is used%s", final, best,
+                       " and moved into place" if repair else "")  # fmt: skip
+        if repair:
+            self.rc.moveto(remotes.join(folder, best), final, **self.watch)
+            self.drop_copies(final)
+        return raw
+
+    def _copies(self, final: str, watch: dict[str, Any]) -> tuple[str, list[str]]:
+        """The folder of ``final``, and the names of the temporary copies of it there."""
+        folder, name = remotes.parent(final)
+        try:
+            listing = self.rc.lsjson(folder, files_only=True, **watch)
+        except RemoteNotFound:
+            return folder, []
+        return folder, [e.path for e in listing if e.path.startswith(copy_prefix(name))]
+
+    def drop_copies(self, final: str) -> None:
+        """Delete the temporary copies of ``final`` that cut replaces left, with rclone's usual retries
+        (a copy left behind is read as ``final`` once that is gone): for a writer that knows them to be
+        its own or superseded.  Never fails: the stale sweep removes what is left."""
+        try:
+            folder, copies = self._copies(final, self.watch)
+            for name in copies:
+                self.rc.deletefile(remotes.join(folder, name), **self.watch)
+        except ColabMagicsError as exc:
+            logger.debug("copies of %s left to the stale sweep: %s", final, exc)
+
+    def move_over(self, tmp: str, final: str) -> None:
+        """Move the verified ``tmp`` over ``final``.  rclone's move deletes ``final`` first; if the
+        move then fails, ``tmp`` may be the only version left, so it stays unless ``final`` is there
+        (for a manifest or a lock, :meth:`read_replaced` then reads it)."""
+        try:
+            self.rc.moveto(tmp, final, **self.watch)
+        except BaseException:
+            try:
+                self.rc.stat(final, brief=True, within=CLEANUP_SECONDS)
+            except Exception:  # gone, or unknown: keep the new version
+                logger.debug("%s: the move over it failed; %s is kept", final, tmp)
+            else:
+                quietly(self.rc.deletefile, tmp)
+            raise
+
     def replace(self, final: str, data: bytes) -> None:
         """Put the small file ``data`` at ``final`` and prove it is there.
 
-        The final name holds the old or the new content, never a half: ``data`` goes up under a
-        temporary name, is checked, and is moved over ``final`` whatever that holds (see
+        The final name holds the old or the new content, never a half (or, if the move is cut after
+        rclone deleted the old one, nothing, with the new content whole beside it: see
+        :meth:`move_over`): ``data`` goes up under a temporary name, is checked, and is moved over
+        ``final`` whatever that holds (see
         :meth:`~.rclone.process.Rclone.moveto`: generic WebDAV servers keep neither hashes nor
         times, and a plain move would keep the old file of equal size).  Whatever the backend claims, the
         final name is then read back (its MD5 where the remote keeps one, else its bytes) and
         compared with ``data``; callers remove nothing the old content needed until this returns.
         """
-        tmp = f"{final}.cm-tmp-{short_id()}"
+        tmp = copy_prefix(final) + short_id()
         md5 = hashlib.md5(data).hexdigest()
         try:
             with tempfile.TemporaryDirectory(prefix="cm-write-") as folder:
@@ -155,10 +218,10 @@ class Context:
                     fh.write(data)
                 self.rc.copyfile(source, tmp, **self.watch)
             verify_upload(self, tmp, len(data), md5)
-            self.rc.moveto(tmp, final, **self.watch)
         except BaseException:
             quietly(self.rc.deletefile, tmp)
             raise
+        self.move_over(tmp, final)
         if remote_info(self.rc, final).md5:
             got = self.rc.stat(final, hash="md5", **self.watch)
             same = got.size == len(data)
@@ -327,6 +390,11 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
+
+
+def copy_prefix(name: str) -> str:
+    """What the temporary copies of ``name`` (a path or a bare name) start with while they go up."""
+    return f"{name}.cm-tmp-"
 
 
 def short_id() -> str:

@@ -39,9 +39,14 @@ class RemoteLock:
         self.clock = clock
         self.host = socket.gethostname()
         self.owner = f"{self.host} pid {os.getpid()} ({uuid.uuid4().hex[:8]})"
+        self._cut = False  # a write of ours failed: a copy of our lock may lie beside the file (see release)
 
-    def _read(self, ctx: Context) -> dict:
-        raw = ctx.read_optional(self.path)
+    def _read(self, ctx: Context, copies: bool = False) -> dict:
+        """The lock; ``copies``: where the file is missing, the copy a cut write left (see
+        :meth:`Context.read_replaced`).  Only this kernel's own check and release look there: a copy
+        left behind must not hold the next writer back, and one that is this kernel's lock, cut by a
+        refresh, must not be taken for a takeover."""
+        raw = ctx.read_replaced(self.path, _expiry, repair=False) if copies else ctx.read_optional(self.path)
         try:
             data = json.loads(raw) if raw else {}
         except ValueError:
@@ -54,7 +59,11 @@ class RemoteLock:
             "owner": self.owner, "host": self.host, "pid": os.getpid(), "started": _started(os.getpid()),
             "expires": self.clock() + self.ttl,
         }  # fmt: skip
-        ctx.replace(self.path, json.dumps(data).encode())
+        try:
+            ctx.replace(self.path, json.dumps(data).encode())
+        except BaseException:
+            self._cut = True
+            raise
 
     def acquire(self, ctx: Context, steal: bool = False) -> None:
         """Take the lock unless another live writer holds it.  On this machine liveness is known
@@ -85,7 +94,7 @@ class RemoteLock:
         """Raise :class:`LockLost` unless this kernel still holds the lock it took: another kernel holds
         it now, or took it over and has since released it (its lock file gone): a sync from here would
         then overwrite that kernel's work."""
-        owner = self._read(ctx).get("owner")
+        owner = self._read(ctx, copies=True).get("owner")
         if owner != self.owner:
             who = owner or "another kernel, which has since released it"
             raise LockLost(
@@ -99,9 +108,12 @@ class RemoteLock:
         logger.debug("lock %s refreshed: expires in %.0fs", self.path, self.ttl)
 
     def release(self, ctx: Context) -> None:
-        owner = self._read(ctx).get("owner")
+        owner = self._read(ctx, copies=True).get("owner")
         if owner == self.owner:
             quietly(self.rclone.deletefile, self.path)
+            if self._cut:  # this kernel's copies, left by a cut refresh: none outlives its lock
+                ctx.drop_copies(self.path)
+                self._cut = False
         logger.debug("lock %s %s", self.path, "released" if owner == self.owner else f"not released: held by {owner}")
 
 
@@ -129,3 +141,14 @@ def _alive_here(lock: dict) -> bool | None:
         pass
     started = lock.get("started")
     return started is None or _started(pid) in (None, started)
+
+
+def _expiry(raw: bytes) -> float | None:
+    """The expiry of the lock ``raw``, which ranks copies of it (the latest write wins); None if it is
+    not a whole lock (a copy cut short)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    expires = data.get("expires") if isinstance(data, dict) and "owner" in data else None
+    return float(expires) if isinstance(expires, (int, float)) else None

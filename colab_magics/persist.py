@@ -214,7 +214,7 @@ class Persister:
         """Bring back the last sync if ``local`` is missing or empty; else files missing here, or changed
         on the remote but not here since this machine last synced (see :func:`_stale`)."""
         ctx = self._context()
-        raw = ctx.read_optional(remotes.join(self.dest, MANIFEST_NAME))
+        raw = ctx.read_replaced(remotes.join(self.dest, MANIFEST_NAME), Manifest.generation_of, repair=True)
         if raw is None:
             return None
         manifest = Manifest.from_json(raw, self.dest)

@@ -23,6 +23,7 @@ from .jobs import (
     Context,
     Result,
     abort_stale_uploads,
+    copy_prefix,
     quietly,
     read_json,
     run_job,
@@ -109,7 +110,7 @@ def _beside(dest: str, suffix: str) -> str:
 def _sweep_beside(ctx: Context, dest: str) -> None:
     """Remove what killed plain pushes to ``dest`` left beside it (``.NAME.cm-upload-*``, ``NAME.cm-tmp-*``)."""
     parent, name = remotes.parent(dest)
-    ours = (f".{name}.cm-upload-", f"{name}.cm-tmp-")
+    ours = (f".{name}.cm-upload-", copy_prefix(name))
     sweep(ctx, parent, ours)
     abort_stale_uploads(ctx, [remotes.join(parent, p) for p in ours])
 
@@ -129,7 +130,7 @@ def _check_complete(ctx: Context, dest: str, planned: dict[str, FileStat], links
 def _push_file(ctx: Context, src: str, dest: str) -> Result:
     before = os.stat(src)
     ctx.job.update(total_bytes=before.st_size, total_files=1)
-    tmp = f"{dest}.cm-tmp-{short_id()}"
+    tmp = copy_prefix(dest) + short_id()
     check_room(ctx, dest, before.st_size)  # the new copy goes up beside the old one
     try:
         ctx.run("copyto", src, tmp, stats=True)
@@ -138,11 +139,11 @@ def _push_file(ctx: Context, src: str, dest: str) -> Result:
             raise SourceChanged(f"{src} changed while it was being uploaded; push again once it is written")
         md5 = md5_file(src) if remotes.remote_info(ctx.rc, dest).md5 else None
         verify_upload(ctx, tmp, before.st_size, md5)
-        ctx.rc.moveto(tmp, dest, **ctx.watch)
-        verify_upload(ctx, dest, before.st_size, md5)
     except BaseException:
         quietly(ctx.rc.deletefile, tmp)
         raise
+    ctx.move_over(tmp, dest)
+    verify_upload(ctx, dest, before.st_size, md5)
     _sweep_beside(ctx, dest)
     return _result(ctx, src, dest, "file", 1, before.st_size)
 

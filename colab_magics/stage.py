@@ -121,7 +121,7 @@ class _Stage:
     # -- what is the source, and is dest already it? ------------------------------------------
     def probe(self) -> tuple[str, dict, Manifest | None, int]:
         """(kind, identity, manifest, size) of the source."""
-        raw = self.ctx.read_optional(remotes.join(self.src, MANIFEST_NAME))
+        raw = self.ctx.read_replaced(remotes.join(self.src, MANIFEST_NAME), Manifest.generation_of, repair=False)
         if raw is not None:
             manifest = Manifest.from_json(raw, self.src)
             return "packed", {"manifest": hashlib.sha256(raw).hexdigest()}, manifest, manifest.total_bytes

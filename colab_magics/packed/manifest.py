@@ -79,9 +79,20 @@ class Manifest:
     dirs: list[DirEntry] = field(default_factory=list)
     links: list[LinkEntry] = field(default_factory=list)
     parts: list[PartEntry] = field(default_factory=list)
+    # one more than the manifest it replaced: of two copies a cut replace left, the later one wins
+    # (their names' times come from writers' clocks); not compared: it says nothing of the content
+    generation: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
         self.stored_size: int | None = None  # bytes as read or written (not a field: not in the JSON)
+
+    @staticmethod
+    def generation_of(raw: bytes) -> int | None:
+        """The generation of the manifest ``raw``; None if it is not a whole manifest (a copy cut short)."""
+        try:
+            return Manifest.from_json(raw, "").generation
+        except ManifestError:
+            return None
 
     @property
     def total_bytes(self) -> int:
@@ -110,7 +121,7 @@ class Manifest:
             f'{_small_array([_segment(s) for s in f.segments])},\n"sha256": {q(f.sha256)},\n"size": {f.size}\n}}'
             for f in self.files
         )
-        out.extend(f',\n"format": {q(FORMAT)},\n"links": '.encode("ascii"))
+        out.extend(f',\n"format": {q(FORMAT)},\n"generation": {self.generation},\n"links": '.encode("ascii"))
         array(f'{{\n"path": {q(link.path)},\n"target": {q(link.target)}\n}}' for link in self.links)
         out.extend(b',\n"parts": ')
         array(
@@ -146,6 +157,7 @@ class Manifest:
         try:
             manifest = cls(
                 compression=_choice(data["compression"], ("none", "zstd")),
+                generation=_count(data.get("generation", 0)),
                 files=[
                     FileEntry(
                         path=_rel(f["path"]),

@@ -28,7 +28,18 @@ from typing import IO, Callable, cast
 from ..destination.space import check_room
 from ..destination.trash import TrashBudget
 from ..errors import BadInput, ColabMagicsError, RemoteNotFound, SourceChanged, TransferCancelled, VerificationError
-from ..jobs import STALE_SECONDS, Context, Result, abort_stale_uploads, age, quietly, short_id, sweep
+from ..jobs import (
+    CLEANUP_SECONDS,
+    STALE_SECONDS,
+    Context,
+    Result,
+    abort_stale_uploads,
+    age,
+    copy_prefix,
+    quietly,
+    short_id,
+    sweep,
+)
 from ..local import tree as localtree
 from ..local.archives import check_symlink
 from ..local.tree import FileStat
@@ -51,7 +62,7 @@ from .tar_writer import Piece, plan, write_part
 logger = logging.getLogger(__name__)
 
 _OURS = ("parts", MANIFEST_NAME, LOCK_NAME)
-_TEMPORARY = (".cm-upload-", f"{MANIFEST_NAME}.cm-tmp-", f"{LOCK_NAME}.cm-tmp-")  # what a killed run leaves
+_TEMPORARY = (".cm-upload-", copy_prefix(MANIFEST_NAME), copy_prefix(LOCK_NAME))  # what a killed run leaves
 
 
 @dataclass
@@ -85,7 +96,7 @@ class PackedSync:
 
     def load_old(self) -> Manifest | None:
         """The manifest on the remote, None for a new dataset; refuses a folder of other files."""
-        raw = self.ctx.read_optional(remotes.join(self.dest, MANIFEST_NAME))
+        raw = self.ctx.read_replaced(remotes.join(self.dest, MANIFEST_NAME), Manifest.generation_of, repair=True)
         if raw is not None:
             return Manifest.from_json(raw, self.dest)
         try:
@@ -177,6 +188,7 @@ class PackedSync:
         digests: dict[str, hashlib._Hash] = {}
         taken: dict[str, FileStat] = {}  # each file as it was when read
         staging = remotes.join(self.dest, f".cm-upload-{self.push_id}")
+        written: bytes | None = None  # the new manifest, once it goes up
         try:
             for pieces in plan([current[p] for p in to_upload], self.opt.part_size) if to_upload else []:
                 entry, changed = self._upload_part(staging, pieces, digests, old, len(new_parts), taken)
@@ -192,13 +204,15 @@ class PackedSync:
                 return SyncOutcome(self._result(final, up_to_date=not held), old, sorted(torn), sorted(held))
             if before_commit is not None:
                 before_commit()
-            self._put_manifest(manifest)
+            manifest.generation = old.generation + 1 if old is not None else 0
+            written = manifest.to_json()
+            self._put_manifest(manifest, written)
             replaced = 0 if old is None else old.stored_size or manifest.stored_size or 0  # on a mount: in the Trash
         except BaseException:
             quietly(self.ctx.rc.purge, staging)
-            if new_parts:  # published but never named by a manifest: ours to remove
+            if new_parts and not self._may_name_new_parts(written):  # published, named by no manifest: ours
                 self._delete_parts({entry.name for entry, _ in new_parts}, quiet=True)
-            raise
+            raise  # parts kept and never named after all are a later sync's stale parts
         trashed = replaced + self._remove_unreferenced(manifest, old, sweep)
         if trash is not None:
             trash.spend(trashed)
@@ -376,11 +390,25 @@ class PackedSync:
     def _count(self, n: int) -> None:
         self.ctx.job.add(done_bytes=n)
 
-    def _put_manifest(self, manifest: Manifest) -> None:
-        """Replace the manifest, proven: the parts the old one needs are removed only after this."""
-        data = manifest.to_json()
+    def _put_manifest(self, manifest: Manifest, data: bytes) -> None:
+        """Replace the manifest with ``data`` (``manifest`` encoded), proven: the parts the old one needs
+        are removed only after this."""
         self.ctx.replace(remotes.join(self.dest, MANIFEST_NAME), data)
         manifest.stored_size = len(data)
+
+    def _may_name_new_parts(self, written: bytes | None) -> bool:
+        """After a failure: may a manifest on the remote name this sync's new parts?  Yes if the new one
+        (``written``) landed, or if none is there (rclone deletes the old one before it moves the new
+        one in: a copy of the new one then stands in, see :meth:`Context.read_replaced`), or if that
+        cannot be told.  No if the old one is still there, or nothing was written."""
+        if written is None:
+            return False
+        final = remotes.join(self.dest, MANIFEST_NAME)
+        try:
+            there = self.ctx.rc.stat(final, brief=True, within=CLEANUP_SECONDS)
+            return there.size == len(written) and self.ctx.read_optional(final) == written
+        except ColabMagicsError:  # not there, or not known
+            return True
 
     def _remove_unreferenced(self, manifest: Manifest, old: Manifest | None, stale: bool) -> int:
         """Delete our own parts the new manifest no longer needs (through rclone's Drive backend for good;
@@ -392,7 +420,7 @@ class PackedSync:
         if stale:
             doomed |= self._stale_parts(keep)
             sweep(self.ctx, self.dest, _TEMPORARY)
-            abort_stale_uploads(self.ctx, [remotes.join(self.dest, p) for p in (".cm-", f"{MANIFEST_NAME}.cm-tmp-")])
+            abort_stale_uploads(self.ctx, [remotes.join(self.dest, p) for p in (".cm-", copy_prefix(MANIFEST_NAME))])
         logger.debug(
             "%s: %d part(s) no longer referenced, %d stale part(s) of killed runs to delete%s",
             self.dest, unreferenced, len(doomed) - unreferenced, "" if stale else " (not looked for)",

@@ -217,3 +217,151 @@ def test_d_persist_sync_refused_reports_error_then_recovers(limited, tmp_path, f
     assert not _leftovers(tmp_path / "dav" / "run")
     cm.stage(dest, tmp_path / "check")
     no_loss(snapshot(local), snapshot(tmp_path / "check"), "remote after the persist recovered")
+
+
+# -- e: rclone's move deletes the old file first; a move refused after that delete --------------
+def _cut_copies(folder: Path, name: str) -> list[Path]:
+    return sorted(folder.glob(f"{name}.cm-tmp-*"))
+
+
+@pytest.mark.fault("the manifest's move refused after rclone deleted the old manifest")
+def test_e_a_manifest_move_cut_after_the_delete_loses_nothing(limited, tmp_path, no_loss):
+    """rclone replaces a file by deleting it, then moving the new one in.  Refused between the two, a
+    replace leaves no manifest.json: its verified copy must stay, be read by a stage (which writes
+    nothing), and be moved into place by the next writer; the new parts it names must stay too."""
+    folder = _pushed(tmp_path, limited, make_tree(tmp_path / "v1", small=20))
+    v2 = make_tree(tmp_path / "v2", small=30, big=300 << 10)
+    limited.reset_counts()
+    limited.refuse(TOO_MANY_REQUESTS, methods={"MOVE"}, paths=("manifest.json",))
+    with pytest.raises(errors.ColabMagicsError):
+        cm.push(v2, f"{limited.name}:ds", pack=True, part_size=PART, rclone=runner.Rclone(flags=FAST_FAIL))
+    assert limited.refused >= 1, "the move was never refused"
+    assert not (folder / "manifest.json").exists(), "rclone no longer deletes first: this test tests nothing"
+    assert len(_cut_copies(folder, "manifest.json")) == 1
+    limited.clear()
+    cm.stage(f"{limited.name}:ds", tmp_path / "staged")
+    no_loss(snapshot(v2), snapshot(tmp_path / "staged"), "a stage of a dataset whose manifest's move was cut")
+    assert not (folder / "manifest.json").exists()  # a stage writes nothing
+    result = cm.push(v2, f"{limited.name}:ds", pack=True, part_size=PART)
+    assert result.up_to_date and (folder / "manifest.json").exists() and not _cut_copies(folder, "manifest.json")
+    cm.stage(f"{limited.name}:ds", tmp_path / "again")
+    no_loss(snapshot(v2), snapshot(tmp_path / "again"), "a stage after the next writer finished the move")
+
+
+@pytest.mark.fault("a persist's manifest move refused after the delete, then the kernel lost")
+def test_e_a_new_runtime_restores_what_a_cut_manifest_move_synced(limited, tmp_path, no_loss):
+    local = tmp_path / "outputs"
+    local.mkdir()
+    (local / "model.pt").write_bytes(os.urandom(100_000))
+    rclone = runner.Rclone(flags=FAST_FAIL)
+    p = Persister(local, f"{limited.name}:run", every=3600, rclone=rclone, settle=0.0)
+    p.start()
+    try:
+        p.sync()
+        (local / "model.pt").write_bytes(os.urandom(120_000))
+        expected = snapshot(local)
+        limited.refuse(TOO_MANY_REQUESTS, methods={"MOVE"}, paths=("manifest.json",))
+        with pytest.raises(errors.ColabMagicsError):
+            p.sync()
+        assert not (tmp_path / "dav" / "run" / "manifest.json").exists()
+        limited.clear()
+        p.lock.check(p._context())  # the lock is still this kernel's
+    finally:
+        p.stop(final=False)  # the kernel is lost: no final sync
+    fresh = tmp_path / "new-runtime" / "outputs"
+    with Persister(fresh, f"{limited.name}:run", every=3600, restore=True):
+        pass
+    no_loss(expected, snapshot(fresh), "a new runtime's restore after a cut manifest move")
+
+
+@pytest.mark.fault("the lock's move refused after rclone deleted the old lock")
+def test_e_a_lock_refresh_cut_after_the_delete_is_not_a_takeover(limited, tmp_path):
+    local = tmp_path / "outputs"
+    local.mkdir()
+    p = Persister(local, f"{limited.name}:run", every=3600, rclone=runner.Rclone(flags=FAST_FAIL))
+    p.start()
+    try:
+        limited.refuse(TOO_MANY_REQUESTS, methods={"MOVE"}, paths=(".cm-lock.json",))
+        with pytest.raises(errors.ColabMagicsError):
+            p.lock.refresh(p._context())
+        assert not (tmp_path / "dav" / "run" / ".cm-lock.json").exists()
+        limited.clear()
+        p.lock.check(p._context())  # its own lock, cut short: not "taken over by another kernel"
+        (local / "a.txt").write_text("a")
+        assert p.sync().result.files == 1
+    finally:
+        p.stop()
+
+
+@pytest.mark.fault("a file push's move refused after rclone deleted the old file")
+def test_e_a_file_push_cut_after_the_delete_keeps_the_new_version(limited, tmp_path):
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"old" * 1000)
+    cm.push(model, f"{limited.name}:models/model.pt")
+    model.write_bytes(b"new" * 2000)
+    limited.refuse(TOO_MANY_REQUESTS, methods={"MOVE"}, paths=("model.pt",))
+    with pytest.raises(errors.ColabMagicsError):
+        cm.push(model, f"{limited.name}:models/model.pt", rclone=runner.Rclone(flags=FAST_FAIL))
+    folder = tmp_path / "dav" / "models"
+    assert not (folder / "model.pt").exists(), "rclone no longer deletes first: this test tests nothing"
+    [kept] = _cut_copies(folder, "model.pt")
+    assert kept.read_bytes() == model.read_bytes()  # the new version, whole, under its temporary name
+    limited.clear()
+    cm.push(model, f"{limited.name}:models/model.pt")
+    assert (folder / "model.pt").read_bytes() == model.read_bytes()
+
+
+@pytest.mark.fault("a lock refresh cut after the delete, then the persist ended")
+def test_e_a_released_lock_leaves_no_copy_that_holds_the_next_writer_back(limited, tmp_path):
+    local = tmp_path / "outputs"
+    local.mkdir()
+    p = Persister(local, f"{limited.name}:run", every=3600, rclone=runner.Rclone(flags=FAST_FAIL))
+    p.start()
+    limited.refuse(TOO_MANY_REQUESTS, methods={"MOVE"}, paths=(".cm-lock.json",))
+    with pytest.raises(errors.ColabMagicsError):
+        p.lock.refresh(p._context())
+    limited.refuse(TOO_MANY_REQUESTS, methods={"DELETE"}, paths=(".cm-lock.json",))  # the release is refused too
+    p.stop()
+    limited.clear()
+    assert _cut_copies(tmp_path / "dav" / "run", ".cm-lock.json")  # left behind: a copy of a released lock
+    with Persister(local, f"{limited.name}:run", every=3600):  # the next writer, in this same process
+        pass  # not held back by that copy (the hourly stale sweep removes it)
+
+
+@pytest.mark.fault("the delete before the manifest's move refused: the old manifest stays")
+def test_e_new_parts_named_by_no_manifest_are_removed_at_once(limited, tmp_path, no_loss):
+    """A replace refused before rclone deleted the old manifest leaves it in place: the new parts it
+    does not name go at once (a lasting 429 must not pile up a part per retry until the hourly sweep)."""
+    v1 = make_tree(tmp_path / "v1", small=10)
+    folder = _pushed(tmp_path, limited, v1)
+    on_disk = snapshot(folder)
+    limited.refuse(TOO_MANY_REQUESTS, methods={"DELETE"}, paths=("manifest.json",))
+    with pytest.raises(errors.ColabMagicsError):
+        cm.push(make_tree(tmp_path / "v2", small=25), f"{limited.name}:ds", pack=True, part_size=PART,
+                rclone=runner.Rclone(flags=FAST_FAIL))  # fmt: skip
+    limited.clear()
+    assert limited.refused >= 1
+    # the refusal also keeps the new manifest's copy (its DELETE names manifest.json): the stale sweep's
+    parts = {name: v for name, v in snapshot(folder).items() if b".cm-tmp-" not in name}
+    no_loss(on_disk, parts, "remote folder after a replace refused before the delete")
+
+
+@pytest.mark.fault("two cut copies of the manifest, the older one stamped later (a writer whose clock ran fast)")
+def test_e_of_two_cut_copies_the_later_manifest_wins_whatever_their_names_say(limited, tmp_path, no_loss):
+    folder = _pushed(tmp_path, limited, make_tree(tmp_path / "v1", small=10))
+    older = (folder / "manifest.json").read_bytes()
+    v2 = make_tree(tmp_path / "v2", small=20)
+    limited.refuse(TOO_MANY_REQUESTS, methods={"MOVE"}, paths=("manifest.json",))
+    with pytest.raises(errors.ColabMagicsError):
+        cm.push(v2, f"{limited.name}:ds", pack=True, part_size=PART, rclone=runner.Rclone(flags=FAST_FAIL))
+    limited.clear()
+    ahead = f"{int(time.time()) + 600:08x}abcdef"  # stamped ten minutes ahead; through the server, which caches
+    (tmp_path / "older.json").write_bytes(older)
+    runner.Rclone().copyfile(str(tmp_path / "older.json"), f"{limited.name}:ds/manifest.json.cm-tmp-{ahead}")
+    assert len(_cut_copies(folder, "manifest.json")) == 2
+    cm.stage(f"{limited.name}:ds", tmp_path / "staged")
+    no_loss(snapshot(v2), snapshot(tmp_path / "staged"), "a stage choosing between two cut copies")
+    cm.push(v2, f"{limited.name}:ds", pack=True, part_size=PART)  # the next writer repairs
+    assert not _cut_copies(folder, "manifest.json")
+    cm.stage(f"{limited.name}:ds", tmp_path / "again")
+    no_loss(snapshot(v2), snapshot(tmp_path / "again"), "a stage after the repair")

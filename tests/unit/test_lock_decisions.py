@@ -25,13 +25,17 @@ TTL = 90.0
 
 
 class FakeRemote:
-    """The two calls the lock makes on a Context, on a dict; ``racer`` writes first when the lock writes."""
+    """The calls the lock makes on a Context, on a dict; ``racer`` writes first when the lock writes."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.racer: dict | None = None
 
     def read_optional(self, path: str) -> bytes | None:
+        return self.files.get(path)
+
+    def read_replaced(self, path: str, rank: object, repair: bool) -> bytes | None:
+        """No cut copies here (``tests/reliability/test_rate_limits.py`` has those, on a real server)."""
         return self.files.get(path)
 
     def replace(self, path: str, data: bytes) -> None:
