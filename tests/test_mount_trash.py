@@ -65,7 +65,8 @@ def test_timed_syncs_hold_a_rewritten_checkpoint_back_and_explicit_syncs_always_
         assert "metrics.json" in synced  # new files still go up
         assert synced["model.pt"].sha256 == {f.path: f for f in first.manifest.files}["model.pt"].sha256
         status = p.status()
-        assert "1 changed file(s) held back" in status.held and "empty Drive's Trash" in status.held
+        assert "1 changed file(s) held back: their new versions would leave more" in status.held
+        assert "raise the budget (COLAB_MAGICS_MOUNT_TRASH" in status.held  # emptying the Trash would not help
         assert p.pending() == (1, CHECKPOINT)
 
         explicit = p.sync()  # Sync now, the final sync, a flush: never held
@@ -73,6 +74,10 @@ def test_timed_syncs_hold_a_rewritten_checkpoint_back_and_explicit_syncs_always_
         assert explicit.held == [] and p.status().held == "" and p.pending() == (0, 0)
         assert CHECKPOINT <= explicit.trashed and held.trashed + explicit.trashed == p.trash.spent()
         assert trash.trashed == p.trash.spent()  # the engine's count is the model's, byte for byte
+
+        _checkpoint(local, 3)  # now the Trash holds what the budget allows: emptying it would help
+        assert p.sync(timed=True).held == ["model.pt"]
+        assert "Drive's Trash already holds 1.0 MiB" in p.status().held and "empty Drive's Trash" in p.status().held
     finally:
         p.stop(final=False)
 
@@ -134,7 +139,7 @@ def test_the_header_says_what_is_held_and_why(tmp_path, mount):
         assert events.flush(timeout=60)
         overall = board.overall()
         assert overall.state == OverallState.PENDING and not overall.safe_to_disconnect
-        assert overall.detail.startswith("persist outputs: 1 changed file(s) held back: Drive's Trash")
+        assert overall.detail.startswith("persist outputs: 1 changed file(s) held back: their new versions")
     finally:
         p.stop(final=False)
         board.close()

@@ -22,6 +22,7 @@ runtime goes on counting; a new runtime starts from zero.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from pathlib import Path
@@ -88,9 +89,17 @@ class TrashBudget:
 
     def held_note(self, files: int) -> str:
         """Why ``files`` changed file(s) wait, and what to do, in one line."""
+        size = functools.partial(humanize.naturalsize, binary=True)
+        spent = self.spent()
+        held = f"{files:,} changed file(s) held back"
+        ways = "or persist to an rclone Drive remote, which deletes for good"
+        if spent * 4 < self._limit:  # emptying the Trash would not help: the budget is small for them
+            return (
+                f"{held}: their new versions would leave more in Drive's Trash than this folder's budget allows "
+                f"({size(self._limit)}); they go up at Sync now, the final sync or %drive_flush; for saves at "
+                f"every interval, raise the budget (COLAB_MAGICS_MOUNT_TRASH, e.g. 5x) {ways}"
+            )
         return (
-            f"{files:,} changed file(s) held back: Drive's Trash already holds "
-            f"{humanize.naturalsize(self.spent(), binary=True)} of this folder's old parts (budget "
-            f"{humanize.naturalsize(self._limit, binary=True)}, COLAB_MAGICS_MOUNT_TRASH); empty Drive's Trash, then "
-            "press Sync now, or persist to an rclone Drive remote, which deletes for good"
+            f"{held}: Drive's Trash already holds {size(spent)} of this folder's old parts (budget "
+            f"{size(self._limit)}, COLAB_MAGICS_MOUNT_TRASH); empty Drive's Trash, then press Sync now, {ways}"
         )
