@@ -99,10 +99,17 @@ def test_sync_now_and_pause_drive_the_persist(board, tmp_path):
     try:
         panel = Panel(b, Controls(b, lambda: [p], list))
         (local / "ckpt.pt").write_bytes(b"x" * 1000)
-        p.publish_pending()  # the persist's next look (every few seconds), now
-        delivered(bus)
-        panel.refresh()
-        assert "pending changes" in panel.header.value and "not safe" in panel.header.value
+
+        def header_after_a_look() -> str:
+            """The header once the persist looked again (as it does every few seconds), now: a look of its own
+            thread, begun before the change, may land after this one; the next one is right again."""
+            p.publish_pending()
+            delivered(bus)
+            panel.refresh()
+            return panel.header.value
+
+        wait_until(lambda: "pending changes" in header_after_a_look(), "the pending change in the header")
+        assert "not safe" in panel.header.value
         futures = panel.trigger()  # what the "Sync now" button does
         futures[0].result(timeout=PATIENCE)
         delivered(bus)
@@ -110,10 +117,8 @@ def test_sync_now_and_pause_drive_the_persist(board, tmp_path):
         assert "synced" in panel.header.value
         assert "last success" in panel._rows[p.dest]["detail"].value
         (local / "more.txt").write_text("new")
-        p.publish_pending()
-        delivered(bus)
-        panel.refresh()
-        assert "pending changes" in panel.header.value and "1 changed file" in panel.header.value
+        wait_until(lambda: "1 changed file" in header_after_a_look(), "the new pending change in the header")
+        assert "pending changes" in panel.header.value
         panel.pause.click()
         assert p.status().state == "paused" and panel.pause.description == "Resume"
         panel.pause.click()

@@ -23,16 +23,6 @@ def unexpected(command: str, what: str, got: object) -> RcloneOutputError:
     return RcloneOutputError(f"rclone {command} printed {what} (got {shown}); {_FIX}")
 
 
-def decode(raw: bytes, command: str) -> object:
-    """The JSON value rclone printed."""
-    if not raw.strip():
-        raise unexpected(command, "nothing where JSON was expected", raw)
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise unexpected(command, "output that is not JSON", raw) from None
-
-
 def _object(data: object, command: str, what: str) -> dict:
     if not isinstance(data, dict):
         raise unexpected(command, f"{what} that is not a JSON object", data)
@@ -101,7 +91,7 @@ def listing(data: object, command: str) -> list[Entry]:
     return [entry(e, command) for e in data]
 
 
-# -- backend features, about, listremotes ------------------------------------------------------
+# -- backend features, about, a remote's type ------------------------------------------------------
 class Features(NamedTuple):
     """``rclone backend features``: what the engine needs of a backend's description."""
 
@@ -141,16 +131,14 @@ def about(data: object, command: str) -> About:
     return About(None if free is None else int(free), None if trashed is None else int(trashed))
 
 
-def remote_types(data: object, command: str) -> dict[str, str]:
-    """``rclone listremotes --json``: each configured remote's name and backend type."""
-    if not isinstance(data, list):
-        raise unexpected(command, "a list of remotes that is not a JSON list", data)
-    types: dict[str, str] = {}
-    for item in data:
-        if not isinstance(item, dict) or type(item.get("name")) is not str or type(item.get("type")) is not str:
-            raise unexpected(command, 'a remote without a text "name" and "type"', item)
-        types[item["name"]] = item["type"].lower()
-    return types
+def remote_type(data: object, command: str) -> str:
+    """``config/get``: a remote's config section (``{}`` for a remote the file does not have), its type."""
+    if not isinstance(data, dict):
+        raise unexpected(command, "a config section that is not a JSON object", data)
+    kind = data.get("type", "")
+    if type(kind) is not str:
+        raise unexpected(command, 'a remote whose "type" is not text', data)
+    return kind.lower()
 
 
 # -- the JSON log on stderr (--use-json-log) --------------------------------------------------

@@ -575,10 +575,6 @@ class Rclone:
             collector.join()
         return bytes(out)
 
-    def json(self, *args: str) -> object:
-        """Run a command that prints JSON; its value, not checked yet."""
-        return output.decode(self.run(*args), log.command_line(args))
-
     # -- calls to the daemon ----------------------------------------------------------------------
     def call(
         self,
@@ -715,9 +711,15 @@ class Rclone:
         out = self.call("operations/about", {"fs": path}, command="about", path=path)
         return output.about(out, f"about {log.command_line([path])}")
 
-    def remote_types(self) -> dict[str, str]:
-        """Each configured remote's backend type, by name (the daemon's API lists names, not types)."""
-        return output.remote_types(self.json("listremotes", "--json"), "listremotes --json")
+    def remote_type(self, name: str) -> str:
+        """The backend type of the configured remote ``name`` ("" if there is none): its
+        ``RCLONE_CONFIG_<NAME>_TYPE`` variable (which rclone reads before the config file), else its
+        config file section, through the daemon (one call, not a ``listremotes`` child)."""
+        from_env = os.environ.get(f"RCLONE_CONFIG_{name.upper()}_TYPE", "").strip()
+        if from_env:
+            return from_env.lower()
+        out = self.call("config/get", {"name": name}, command="config get", path=f"{name}:")
+        return output.remote_type(out, f"config get {log.command_line([name])}")
 
     def copyfile(self, src: str, dst: str, **kw: Any) -> None:
         """Copy the file ``src`` to the file ``dst`` (``rclone copyto``)."""

@@ -152,7 +152,7 @@ def _remote_type(rclone: Rclone, path: str) -> str:
     head = path.split(":", 1)[0]
     if path.startswith(":"):  # connection string, ":s3,provider=...:bucket"
         return path[1:].split(",", 1)[0].split(":", 1)[0]
-    return rclone.remote_types().get(head, "")
+    return rclone.remote_type(head)
 
 
 @functools.lru_cache(maxsize=64)

@@ -159,7 +159,7 @@ def test_leftovers_of_killed_runs_are_swept_by_the_next_run(foreign, tmp_path):
     src = _checkpoints(tmp_path / "run")
     cm.push(src, remotes.join(foreign.root, "ds"), pack=True)
     cm.push(src, remotes.join(foreign.root, "plain"))
-    listing = Rclone().json("lsjson", "-R", "--files-only", foreign.root)
+    listing = json.loads(Rclone().run("lsjson", "-R", "--files-only", foreign.root))
     names = {entry["Name"] for entry in listing}  # type: ignore[union-attr]
     assert not {n for n in names if old in n}, sorted(names)
     assert f"part-{new}-0000.tar" in names  # may belong to a push still running
@@ -167,7 +167,7 @@ def test_leftovers_of_killed_runs_are_swept_by_the_next_run(foreign, tmp_path):
 
 def _unfinished_uploads(bucket: str) -> set[str]:
     """Keys of the multipart uploads S3 holds open in ``bucket``."""
-    listing = Rclone().json("backend", "list-multipart-uploads", bucket)
+    listing = json.loads(Rclone().run("backend", "list-multipart-uploads", bucket))
     return {u["Key"] for uploads in (listing or {}).values() for u in uploads or []}  # type: ignore[union-attr]
 
 
