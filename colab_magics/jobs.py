@@ -247,14 +247,15 @@ class Context:
     def stream(
         self, path: str, consume: Callable[[HashingReader], T], on_bytes: Callable[[int], None] | None = None
     ) -> tuple[T, HashingReader]:
-        """The file ``path`` fed to ``consume``; a stream cut short is told apart from corrupt data."""
+        """The file ``path`` fed to ``consume``; a stream cut short is told apart from corrupt data (a
+        consumer that refuses what it read before the end has not seen a cut: the rest is unread)."""
         with self.rc.open(path, **self.watch) as body:
             reader = HashingReader(body, self.cancel, on_bytes)
             try:
                 result = consume(reader)
                 reader.drain()
             except (EOFError, tarfile.TarError, VerificationError, ValueError) as exc:
-                if not body.complete:
+                if body.broken:
                     raise _cut_short(path, body) from exc
                 if isinstance(exc, VerificationError):
                     raise

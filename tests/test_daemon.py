@@ -15,7 +15,9 @@ import pytest
 from procs import running
 from waiting import wait_until
 
-from colab_magics.errors import RemoteNotFound, TransferCancelled
+from colab_magics.errors import RcloneError, RemoteNotFound, TransferCancelled, VerificationError
+from colab_magics.events import Direction, Job
+from colab_magics.jobs import Context
 from colab_magics.rclone import daemon
 from colab_magics.rclone.process import Rclone
 
@@ -118,3 +120,27 @@ def test_a_cancel_stops_a_call_that_waits_on_a_silent_server(tmp_path):
         cancel.set()
         silent.close()
         worker.join(30)
+
+
+def test_a_stream_cut_off_is_told_apart_from_data_refused_before_its_end(tmp_path):
+    """A reader that refuses what it read leaves the rest unread: not a cut.  A daemon killed mid-stream is."""
+    (tmp_path / "big").write_bytes(os.urandom(64 << 20))
+    ctx = Context(Rclone(flags=[]), Job("t", Direction.DOWN), None)
+
+    def refuse(reader) -> None:
+        reader.read(1 << 16)
+        raise VerificationError("refused at its start")
+
+    with pytest.raises(VerificationError, match="refused at its start"):
+        ctx.stream(str(tmp_path / "big"), refuse)
+
+    def cut(reader) -> None:
+        reader.read(1 << 16)
+        [watcher] = daemon.running()
+        os.kill(_rclone_of(watcher), signal.SIGKILL)
+        while reader.read(1 << 20):
+            pass
+        raise EOFError("ended early")
+
+    with pytest.raises(RcloneError, match="broke off after"):
+        ctx.stream(str(tmp_path / "big"), cut)

@@ -259,6 +259,7 @@ class Body:
         self._pending = b""
         self.length: int | None = None  # as announced; None where it was not
         self.count = 0
+        self.broken = False  # the connection ended before the announced length
 
     def _recv(self, n: int) -> bytes:
         while True:
@@ -297,6 +298,7 @@ class Body:
             data, self._pending = self._pending[:left], self._pending[left:]
         else:
             data = self._recv(left)
+            self.broken = self.broken or (not data and self.length is not None)
         self.count += len(data)
         return data
 

@@ -145,7 +145,8 @@ def test_truncated_part_is_detected(tmp_path, staged, no_loss):
 def test_part_with_unlisted_member_is_refused(tmp_path, staged):
     src, folder, manifest = _packed(tmp_path)
     part = os.path.join(folder, manifest.parts[0].name)
-    _tar_with(part, _entry("smuggled.txt"))
+    # 8 MiB after it: refused at its first members, the part's stream is still running (not "cut short")
+    _tar_with(part, _entry("smuggled.txt"), _entry("padding.bin", data=os.urandom(8 << 20)))
     with pytest.raises(errors.VerificationError, match="does not list"):
         cm.stage("ds", staged, force=True)
 
