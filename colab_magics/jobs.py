@@ -145,7 +145,7 @@ class Context:
         raw = self.read_optional(final)
         if raw is not None:
             return raw
-        folder, copies = self._copies(final, self.watch)
+        folder, copies = self._copies(final)
         ranked = []
         for name in copies:
             data = self.read_optional(remotes.join(folder, name))
@@ -162,11 +162,11 @@ class Context:
             self.drop_copies(final)
         return raw
 
-    def _copies(self, final: str, watch: dict[str, Any]) -> tuple[str, list[str]]:
+    def _copies(self, final: str) -> tuple[str, list[str]]:
         """The folder of ``final``, and the names of the temporary copies of it there."""
         folder, name = remotes.parent(final)
         try:
-            listing = self.rc.lsjson(folder, files_only=True, **watch)
+            listing = self.rc.lsjson(folder, files_only=True, **self.watch)
         except RemoteNotFound:
             return folder, []
         return folder, [e.path for e in listing if e.path.startswith(copy_prefix(name))]
@@ -176,7 +176,7 @@ class Context:
         (a copy left behind is read as ``final`` once that is gone): for a writer that knows them to be
         its own or superseded.  Never fails: the stale sweep removes what is left."""
         try:
-            folder, copies = self._copies(final, self.watch)
+            folder, copies = self._copies(final)
             for name in copies:
                 self.rc.deletefile(remotes.join(folder, name), **self.watch)
         except ColabMagicsError as exc:

@@ -207,7 +207,7 @@ class PackedSync:
             manifest.generation = old.generation + 1 if old is not None else 0
             written = manifest.to_json()
             self._put_manifest(manifest, written)
-            replaced = 0 if old is None else old.stored_size or manifest.stored_size or 0  # on a mount: in the Trash
+            replaced = 0 if old is None else old.stored_size or len(written)  # on a mount: in the Trash
         except BaseException:
             quietly(self.ctx.rc.purge, staging)
             if new_parts and not self._may_name_new_parts(written):  # published, named by no manifest: ours

@@ -274,9 +274,9 @@ def test_e_a_new_runtime_restores_what_a_cut_manifest_move_synced(limited, tmp_p
     no_loss(expected, snapshot(fresh), "a new runtime's restore after a cut manifest move")
 
 
-@pytest.mark.fault("the lock's move refused after rclone deleted the old lock")
-def test_e_a_lock_refresh_cut_after_the_delete_is_not_a_takeover(limited, tmp_path):
-    local = tmp_path / "outputs"
+def _persist_with_a_cut_refresh(limited: RateLimitProxy, local: Path) -> Persister:
+    """A running persist of ``local`` whose lock refresh was cut after rclone deleted the lock (the
+    move refused, and still refused on return)."""
     local.mkdir()
     p = Persister(local, f"{limited.name}:run", every=3600, rclone=runner.Rclone(flags=FAST_FAIL))
     p.start()
@@ -284,6 +284,17 @@ def test_e_a_lock_refresh_cut_after_the_delete_is_not_a_takeover(limited, tmp_pa
         limited.refuse(TOO_MANY_REQUESTS, methods={"MOVE"}, paths=(".cm-lock.json",))
         with pytest.raises(errors.ColabMagicsError):
             p.lock.refresh(p._context())
+    except BaseException:
+        p.stop(final=False)
+        raise
+    return p
+
+
+@pytest.mark.fault("the lock's move refused after rclone deleted the old lock")
+def test_e_a_lock_refresh_cut_after_the_delete_is_not_a_takeover(limited, tmp_path):
+    local = tmp_path / "outputs"
+    p = _persist_with_a_cut_refresh(limited, local)
+    try:
         assert not (tmp_path / "dav" / "run" / ".cm-lock.json").exists()
         limited.clear()
         p.lock.check(p._context())  # its own lock, cut short: not "taken over by another kernel"
@@ -314,12 +325,7 @@ def test_e_a_file_push_cut_after_the_delete_keeps_the_new_version(limited, tmp_p
 @pytest.mark.fault("a lock refresh cut after the delete, then the persist ended")
 def test_e_a_released_lock_leaves_no_copy_that_holds_the_next_writer_back(limited, tmp_path):
     local = tmp_path / "outputs"
-    local.mkdir()
-    p = Persister(local, f"{limited.name}:run", every=3600, rclone=runner.Rclone(flags=FAST_FAIL))
-    p.start()
-    limited.refuse(TOO_MANY_REQUESTS, methods={"MOVE"}, paths=(".cm-lock.json",))
-    with pytest.raises(errors.ColabMagicsError):
-        p.lock.refresh(p._context())
+    p = _persist_with_a_cut_refresh(limited, local)
     limited.refuse(TOO_MANY_REQUESTS, methods={"DELETE"}, paths=(".cm-lock.json",))  # the release is refused too
     p.stop()
     limited.clear()
