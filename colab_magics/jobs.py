@@ -145,7 +145,14 @@ class Context:
         raw = self.read_optional(final)
         if raw is not None:
             return raw
-        folder, copies = self._copies(final)
+        return self.best_copy(final, self._copies(final)[1], rank, repair)
+
+    def best_copy(
+        self, final: str, copies: list[str], rank: Callable[[bytes], float | None], repair: bool
+    ) -> bytes | None:
+        """Of ``copies`` (names of temporary copies of ``final``, beside it), the content of the whole one
+        that ``rank`` ranks highest, moved into place if ``repair`` (see :meth:`read_replaced`)."""
+        folder = remotes.parent(final)[0]
         ranked = []
         for name in copies:
             data = self.read_optional(remotes.join(folder, name))

@@ -51,7 +51,7 @@ def test_trace_shows_rclone_calls_and_sync_decisions(tmp_path, trace):
 
     lines = trace()
     calls = _messages(lines, "colab_magics.rclone.process")
-    started = [m for m in calls if re.match(r"rclone\[\d+\] start: \S+ rcat \S+/data/\.cm-upload-\S+\.tar ", m)]
+    started = [m for m in calls if re.match(r"rclone\[\d+\] start: \S+ rcat \S+/data/parts/\d{3}/part-\S+\.tar ", m)]
     assert len(started) == 2 and all("--use-json-log" in m for m in started)
     assert any(re.match(r"rclone\[\d+\] rcat: exit 0 after \d+\.\d{3}s$", m) for m in calls)
     decisions = _messages(lines, "colab_magics.packed.upload")

@@ -5,9 +5,12 @@ and after a sync that failed."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from trees import plant_leftovers
 
+import colab_magics as cm
 from colab_magics.errors import ColabMagicsError
 from colab_magics.persist import Persister
 from colab_magics.rclone import process as runner
@@ -17,10 +20,10 @@ from colab_magics.rclone import remotes
 # other request goes to the rclone daemon, which the persist's start has running already
 SYNC_STARTS = 1
 HEARTBEAT_STARTS = 0
-# daemon calls (each one or a few requests to the remote): for the part, one listing that verifies it,
-# the move, rmdirs of the staging folder; the lock check; for the manifest copy, verify, moveto, verify;
-# the previous part's delete
-SYNC_CALLS = 10
+# daemon calls (each one or a few requests to the remote): for the part (uploaded to its final name),
+# one listing that verifies it; the lock check; for the manifest copy, verify, moveto, verify; the
+# previous part's delete
+SYNC_CALLS = 8
 HEARTBEAT_CALLS = 5  # the check, then copy, verify, moveto, verify
 
 
@@ -36,12 +39,14 @@ class Counted:
         self.calls.clear()
 
     def sweeps(self) -> list[tuple[str, dict]]:
-        """The listings that look for leftovers: of the dataset folder, and of its parts."""
+        """The listings that look for leftovers: of the dataset folder, and of all its parts (not the
+        listing of the ``parts/NNN`` folder that checks a sync's new parts)."""
         return [
             (method, params)
             for method, params in self.calls
             if method == "operations/list"
             and (not params["opt"]["recurse"] or params["remote"].endswith("/parts"))
+            and not re.search(r"/parts/\d{3}$", params["remote"])
         ]
 
 
@@ -126,3 +131,21 @@ def test_leftovers_are_swept_at_start_and_after_a_failed_sync(remote, tmp_path, 
         assert not started.sweeps()
     finally:
         persister.stop()
+
+
+def test_a_push_to_a_new_name_lists_it_once_and_sweeps_nothing(remote, tmp_path, started):
+    """Nothing can be left where nothing was: the listing that finds the name new is the only one (no
+    second look for copies of a manifest, no sweep), and each part goes up to its final name (no move)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}.bin").write_bytes(bytes([i]) * 1000)
+    dest = remotes.join(remote.root, "fresh")
+    cm.push(src, dest, pack=True)
+    lists = [params["remote"] for method, params in started.calls if method == "operations/list"]
+    looked = [r for r in lists if not re.search(r"/parts/\d{3}$", r)]
+    assert len(looked) == 1 and looked[0].endswith("fresh"), lists
+    moves = [method for method, _ in started.calls if method in ("operations/movefile", "sync/move")]
+    assert moves == ["operations/movefile"]  # the manifest's, into place: no part is moved
+    assert len(started.starts) == 1  # the part's upload
+    assert cm.stage(dest, tmp_path / "back").files == 3

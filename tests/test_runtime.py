@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from trees import make_tree
+from trees import leftovers, make_tree
 from waiting import PATIENCE, delivered, wait_until
 
 import colab_magics as cm
@@ -192,7 +192,7 @@ def test_file_growing_during_upload_is_not_reported_done(tmp_path, pack, remote)
         }
     else:
         assert (remote.folder / "run" / "train.log").read_bytes() == first
-    assert not [p for p in remote.folder.rglob("*") if "cm-tmp" in p.name or ("cm-upload" in str(p) and p.is_file())]
+    assert not leftovers(remote.folder)
     cm.push(src, dest, pack=pack)  # once it settles, it goes up
 
 

@@ -103,3 +103,23 @@ def parts_staged(dest: Path) -> int:
         return len(json.loads(progress.read_text())["done"])
     except (OSError, ValueError, KeyError):  # not written yet, or being replaced
         return 0
+
+
+def leftovers(folder: Path, lock: bool = False) -> list[str]:
+    """What failed or killed runs left under ``folder`` (a remote's folder on disk): temporary names
+    (``*.cm-tmp-*`` manifests and locks, ``.cm-upload-*`` staging of earlier versions, rclone's
+    ``*.partial`` uploads), parts that no manifest beside them names (parts go up to their final
+    names: one cut short, or never named, is a leftover too), and with ``lock`` a lock not released."""
+    named = set()
+    for manifest in folder.rglob("manifest.json"):
+        named |= {manifest.parent / part["name"] for part in json.loads(manifest.read_bytes())["parts"]}
+    found = []
+    for p in folder.rglob("*"):
+        if not p.is_file():  # (serve s3 may keep an empty folder for a deleted prefix)
+            continue
+        rel = str(p.relative_to(folder))
+        temporary = any(mark in rel for mark in (".cm-tmp", ".cm-upload", ".partial", *([".cm-lock"] if lock else [])))
+        unnamed = p.parent.parent.name == "parts" and p not in named
+        if temporary or unnamed:
+            found.append(rel)
+    return sorted(found)

@@ -62,7 +62,8 @@ from .tar_writer import Piece, plan, write_part
 logger = logging.getLogger(__name__)
 
 _OURS = ("parts", MANIFEST_NAME, LOCK_NAME)
-_TEMPORARY = (".cm-upload-", copy_prefix(MANIFEST_NAME), copy_prefix(LOCK_NAME))  # what a killed run leaves
+# what a killed run leaves beside its parts (".cm-upload-" folders: where earlier versions staged parts)
+_TEMPORARY = (".cm-upload-", copy_prefix(MANIFEST_NAME), copy_prefix(LOCK_NAME))
 
 
 @dataclass
@@ -93,19 +94,28 @@ class PackedSync:
         self.opt = options
         self.push_id = short_id()
         self.info = remotes.remote_info(ctx.rc, dest)
+        self.nothing_left = False  # known to hold nothing a killed run could have left: no sweep needed
 
     def load_old(self) -> Manifest | None:
-        """The manifest on the remote, None for a new dataset; refuses a folder of other files."""
-        raw = self.ctx.read_replaced(remotes.join(self.dest, MANIFEST_NAME), Manifest.generation_of, repair=True)
+        """The manifest on the remote (or the copy a cut replace left, see :meth:`Context.read_replaced`),
+        None for a new dataset; refuses a folder of other files.  One listing, only where there is no
+        manifest: it also tells whether anything can be left there for the sweep to find."""
+        final = remotes.join(self.dest, MANIFEST_NAME)
+        raw = self.ctx.read_optional(final)
+        if raw is None:
+            try:
+                existing = self.ctx.rc.lsjson(self.dest, **self.ctx.watch)
+            except RemoteNotFound:
+                self.nothing_left = True
+                return None
+            copies = [e.path for e in existing if not e.is_dir and e.path.startswith(copy_prefix(MANIFEST_NAME))]
+            raw = self.ctx.best_copy(final, copies, Manifest.generation_of, repair=True)
         if raw is not None:
             return Manifest.from_json(raw, self.dest)
-        try:
-            existing = self.ctx.rc.lsjson(self.dest, **self.ctx.watch)
-        except RemoteNotFound:
-            return None
         foreign = [e for e in existing if e.path not in _OURS and not e.path.startswith(_TEMPORARY)]
         if foreign:  # leftovers of our own interrupted upload are fine
             raise BadInput(f"{self.dest} already holds files that are not a packed dataset; push to another name")
+        self.nothing_left = not existing
         return None
 
     def scan(self) -> localtree.Tree:
@@ -187,15 +197,15 @@ class PackedSync:
         torn: set[str] = set()
         digests: dict[str, hashlib._Hash] = {}
         taken: dict[str, FileStat] = {}  # each file as it was when read
-        staging = remotes.join(self.dest, f".cm-upload-{self.push_id}")
+        started: set[str] = set()  # the parts this sync began to upload, whole or not
         written: bytes | None = None  # the new manifest, once it goes up
         try:
             for pieces in plan([current[p] for p in to_upload], self.opt.part_size) if to_upload else []:
-                entry, changed = self._upload_part(staging, pieces, digests, old, len(new_parts), taken)
+                entry, changed = self._upload_part(pieces, digests, old, len(new_parts), taken, started)
                 torn |= set(changed)
                 new_parts.append((entry, pieces))
             if new_parts:
-                self._publish_parts(staging, [entry for entry, _ in new_parts])
+                self._verify_parts([entry for entry, _ in new_parts])
             if torn:
                 logger.debug("%d file(s) changed while read, left for the next sync: %s", len(torn), sorted(torn)[:20])
             manifest, final = self._build(tree, old, old_files, served, new_parts, torn, digests, taken)
@@ -209,11 +219,13 @@ class PackedSync:
             self._put_manifest(manifest, written)
             replaced = 0 if old is None else old.stored_size or len(written)  # on a mount: in the Trash
         except BaseException:
-            quietly(self.ctx.rc.purge, staging)
-            if new_parts and not self._may_name_new_parts(written):  # published, named by no manifest: ours
-                self._delete_parts({entry.name for entry, _ in new_parts}, quiet=True)
+            if started and not self._may_name_new_parts(written):  # named by no manifest: ours to delete
+                self._delete_parts(started, quiet=True)
             raise  # parts kept and never named after all are a later sync's stale parts
-        trashed = replaced + self._remove_unreferenced(manifest, old, sweep)
+        trashed = replaced + self._remove_unreferenced(manifest, old, sweep and not self.nothing_left)
+        if sweep:  # even where a listing found nothing left: S3's unfinished uploads are invisible to it
+            prefixes = (".cm-", "parts/", copy_prefix(MANIFEST_NAME))  # parts go up to their final names
+            abort_stale_uploads(self.ctx, [remotes.join(self.dest, p) for p in prefixes])
         if trash is not None:
             trash.spend(trashed)
         moved = sum(taken[p].size for p in to_upload if p in taken and p not in torn)
@@ -322,20 +334,23 @@ class PackedSync:
 
     def _upload_part(
         self,
-        staging: str,
         pieces: list[Piece],
         digests: dict,
         old: Manifest | None,
         serial: int,
         taken: dict[str, FileStat],
+        started: set[str],
     ) -> tuple[PartEntry, list[str]]:
-        """Stream one part into the staging folder; its final name comes in :meth:`_publish_parts`."""
+        """Stream one part to its final name (added to ``started`` first).  No manifest names it until
+        :meth:`_verify_parts` has checked it, so a part cut short is never read: it is deleted after a
+        failure, or as a stale part once its run is gone (a temporary name and a move would cost a
+        request or more per part, and as many of Drive's quota, for no safety gained)."""
         name = self._part_name(old, serial)
-        tmp = remotes.join(staging, name.split("/", 1)[1])
-        # where the remote keeps MD5s, _publish_parts checks ours against the remote's: rclone's own
+        started.add(name)
+        # where the remote keeps MD5s, _verify_parts checks ours against the remote's: rclone's own
         # check of the same hash would hash every byte twice more (half of rclone's CPU for a big file)
         once = ["--ignore-checksum"] if self.info.md5 else []
-        with self.ctx.start("rcat", tmp, *once, stdin=subprocess.PIPE) as proc:
+        with self.ctx.start("rcat", remotes.join(self.dest, name), *once, stdin=subprocess.PIPE) as proc:
             sink = _Sink(proc, self.ctx.cancel)
             try:
                 if self.opt.compression == "zstd":
@@ -363,13 +378,15 @@ class PackedSync:
         logger.debug("part %s: %d piece(s), %d bytes of data, %d bytes sent", name, len(pieces), data, sink.count)
         return PartEntry(name, sink.count, sink.md5.hexdigest(), len(pieces), data), changed
 
-    def _publish_parts(self, staging: str, parts: list[PartEntry]) -> None:
-        """Verify every staged part with one listing (sizes always, MD5 where the remote keeps it),
-        then move them all to their final names with one rclone call (server-side moves)."""
-        has_md5 = self.info.md5
-        hashed = "md5" if has_md5 else ""
-        listing = self.ctx.rc.lsjson(staging, recurse=True, files_only=True, hash=hashed, **self.ctx.watch)
-        found = {"parts/" + remotes.listed_name(e.path): e for e in listing}
+    def _verify_parts(self, parts: list[PartEntry]) -> None:
+        """Verify the new parts with one listing of each folder that holds them (sizes always, MD5 where
+        the remote keeps it): only then may a manifest name them."""
+        hashed = "md5" if self.info.md5 else ""
+        found = {}
+        for folder in sorted(_folders({part.name for part in parts})):
+            where = remotes.join(self.dest, folder)
+            listing = self.ctx.rc.lsjson(where, files_only=True, hash=hashed, **self.ctx.watch)
+            found.update({f"{folder}/{remotes.listed_name(e.path)}": e for e in listing})
         for part in parts:
             got = found.get(part.name)
             if got is None or got.size != part.size:
@@ -381,11 +398,6 @@ class PackedSync:
                 raise VerificationError(
                     f"{self.dest}/{part.name}: the uploaded bytes do not match their MD5; push again"
                 )
-        self.ctx.rc.move_tree(staging, remotes.join(self.dest, "parts"), **self.ctx.watch)
-        try:  # with rclone's usual retries (a 429 now must not leave it), but never failing the sync
-            self.ctx.rc.rmdirs(staging, **self.ctx.watch)
-        except ColabMagicsError as exc:
-            logger.debug("empty staging folder %s left to the next sweep: %s", staging, exc)
 
     def _count(self, n: int) -> None:
         self.ctx.job.add(done_bytes=n)
@@ -420,7 +432,6 @@ class PackedSync:
         if stale:
             doomed |= self._stale_parts(keep)
             sweep(self.ctx, self.dest, _TEMPORARY)
-            abort_stale_uploads(self.ctx, [remotes.join(self.dest, p) for p in (".cm-", copy_prefix(MANIFEST_NAME))])
         logger.debug(
             "%s: %d part(s) no longer referenced, %d stale part(s) of killed runs to delete%s",
             self.dest, unreferenced, len(doomed) - unreferenced, "" if stale else " (not looked for)",

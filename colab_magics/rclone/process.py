@@ -746,12 +746,6 @@ class Rclone:
         params = {**_at(path), "leaveRoot": leave_root}
         self.call("operations/rmdirs", params, command="rmdirs", path=path, **kw)
 
-    def move_tree(self, src: str, dst: str, **kw: Any) -> None:
-        """Move every file of the folder ``src`` into the folder ``dst`` and remove ``src``'s folders
-        (``rclone move --delete-empty-src-dirs``), server-side where the backend can."""
-        params = {"srcFs": src, "dstFs": dst, "deleteEmptySrcDirs": True}
-        self.call("sync/move", params, command="move", path=dst, **kw)
-
     def delete_listed(self, folder: str, listfile: str, **kw: Any) -> None:
         """Delete the files of ``folder`` named in ``listfile``, one path per line (``--files-from-raw``)."""
         params = {"fs": folder, "_filter": {"FilesFromRaw": [listfile]}}

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 from servers import Server
-from trees import make_tree, parts_staged, snapshot
+from trees import leftovers, make_tree, parts_staged, snapshot
 from waiting import poll, wait_until
 
 import colab_magics as cm
@@ -34,12 +34,8 @@ def _kill_when(server: Server, ready: Callable[[], bool]) -> threading.Thread:
 
 
 def _uploading(folder: Path) -> Callable[[], bool]:
-    """True once an upload under ``folder`` on the server has begun (its staging folder has a file)."""
-    return lambda: any(p.is_file() for p in folder.glob(".cm-upload-*/**/*"))
-
-
-def _no_leftovers(folder: Path) -> list[str]:
-    return [str(p) for p in folder.rglob("*") if ".cm-tmp" in p.name or ".cm-upload" in p.name]
+    """True once an upload under ``folder`` on the server has begun (a part that no manifest names yet)."""
+    return lambda: bool(leftovers(folder))
 
 
 @pytest.mark.fault("server killed mid push")

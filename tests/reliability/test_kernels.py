@@ -22,7 +22,7 @@ pytest.importorskip("ipykernel", reason="ipykernel is a test dependency")
 from kernels import kernel_env, outputs, run, running
 from procs import descendants
 from procs import running as processes_mentioning
-from trees import make_tree, parts_staged, snapshot
+from trees import leftovers, make_tree, parts_staged, snapshot
 from waiting import PATIENCE, wait_until
 
 import colab_magics as cm
@@ -63,10 +63,6 @@ def _interrupt_when(km, kc, code: str, ready: Callable[[], object], what: str) -
             out.append(msg)
     text = "".join(m["content"].get("text", "") for m in out if m["msg_type"] == "stream")
     return reply, text, [m["content"] for m in out if m["msg_type"] == "error"]
-
-
-def _leftovers(folder: Path) -> list[str]:
-    return [str(p) for p in folder.rglob("*") if ".cm-tmp" in p.name or ".cm-upload" in p.name]
 
 
 def _old_data_and_a_big_dataset(tmp_path, monkeypatch):
@@ -112,7 +108,7 @@ def test_ctrl_c_during_drive_push(tmp_path, no_loss, monkeypatch):
                                            lambda: _rclone_under(km), "the push's transfer")  # fmt: skip
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt", errors
         assert not _rclone_under(km)
-    assert not _leftovers(remote)  # no staging folder, no temporary manifest
+    assert not leftovers(remote)  # no staging folder, no temporary manifest
     monkeypatch.setenv("COLAB_MAGICS_REMOTE", str(remote))
     cm.stage("models/model", tmp_path / "check")
     no_loss(saved, snapshot(tmp_path / "check"), "remote after Ctrl-C")  # the previous version, whole
@@ -142,7 +138,7 @@ def test_ctrl_c_during_persist_cell_flushes(tmp_path, no_loss, monkeypatch):
         assert not errors and "UsageError: interrupted; final sync done: " in text  # one line, no traceback
         assert not _rclone_under(km)
     assert not (remote / "outputs" / ".cm-lock.json").exists()  # released
-    assert not _leftovers(remote)
+    assert not leftovers(remote)
     monkeypatch.setenv("COLAB_MAGICS_REMOTE", str(remote))
     cm.stage("outputs", tmp_path / "check")
     no_loss(snapshot(work / "outputs"), snapshot(tmp_path / "check"), "remote after Ctrl-C in %%persist")

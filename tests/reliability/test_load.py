@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from procs import descendants
 from servers import Server
-from trees import snapshot
+from trees import leftovers, snapshot
 
 import colab_magics as cm
 from colab_magics.packed.manifest import Manifest
@@ -62,10 +62,6 @@ def _remote_folder(dest: str) -> Path:
 
 def _part_sizes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in (folder / "parts").rglob("*") if p.is_file()}
-
-
-def _leftovers(folder: Path) -> list[str]:
-    return [p.name for p in folder.rglob("*") if ".cm-tmp" in p.name or ".cm-upload" in p.name or ".cm-lock" in p.name]
 
 
 def _print_memory(what: str, out: dict) -> None:
@@ -134,7 +130,7 @@ def test_persist_of_50000_small_files(tmp_path, no_loss):
     new_bytes = sum(on_remote[name] for name in set(second["parts"]) - set(first["parts"]))
     assert new_bytes <= second["moved_bytes"] + 1024 * changed + 20 * KiB  # data, tar headers, end padding
     assert final["up_to_date"] and not first["deferred"] and not second["deferred"]
-    assert not _leftovers(remote)
+    assert not leftovers(remote, lock=True)
 
     assert out["persist"]["self_mib"] < 200, "the persisting process holds too much per file"
     assert out["end"]["self_mib"] < 200 and out["end"]["children_mib"] < 200
@@ -182,7 +178,7 @@ def test_persist_of_a_5_gib_file(tmp_path, no_loss):
         assert not set(first["parts"]) & set(second["parts"])
         on_remote = _part_sizes(remote)
         assert sorted(on_remote) == sorted(second["parts"]) and sum(on_remote.values()) < BIG + MiB
-        assert final["up_to_date"] and not _leftovers(remote)
+        assert final["up_to_date"] and not leftovers(remote, lock=True)
 
         assert out["persist"]["self_mib"] < BIG_RSS_MIB and out["end"]["self_mib"] < BIG_RSS_MIB
         assert out["end"]["children_mib"] < RCLONE_MIB and out["rclone_peak_mib"] < RCLONE_MIB
@@ -264,6 +260,6 @@ def test_100_syncs_leak_nothing_and_stay_compact(tmp_path, no_loss):
     remote = _remote_folder(p.dest)
     manifest = Manifest.from_json((remote / "manifest.json").read_bytes(), p.dest)
     assert sorted(_part_sizes(remote)) == sorted(part.name for part in manifest.parts)  # nothing unreferenced
-    assert not _leftovers(remote)
+    assert not leftovers(remote, lock=True)
     cm.stage(p.dest, tmp_path / "check")
     no_loss(snapshot(local), snapshot(tmp_path / "check"), f"the remote after {SYNCS} syncs")

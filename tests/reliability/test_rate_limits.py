@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from ratelimit_proxy import STORAGE_QUOTA, TOO_MANY_REQUESTS, USER_RATE_LIMIT, RateLimitProxy
 from servers import Server
-from trees import make_tree, snapshot
+from trees import leftovers, make_tree, snapshot
 
 import colab_magics as cm
 from colab_magics import errors
@@ -72,10 +72,6 @@ def _backing_off(monkeypatch, proxy: RateLimitProxy) -> None:
         monkeypatch.setenv(key, value)
 
 
-def _leftovers(folder: Path) -> list[str]:
-    return [str(p) for p in folder.rglob("*") if ".cm-tmp" in p.name or ".cm-upload" in p.name]
-
-
 def _plain(message: str, *words: str) -> str:
     """The one-line, plain-words message a user sees (the magics and the CLI print exactly this)."""
     assert "\n" not in message and len(message) < 400, message
@@ -103,7 +99,7 @@ def test_a_429_for_a_while_during_a_packed_push_is_ridden_out(limited, tmp_path,
     assert limited.refused >= 1, "the 429 window was never hit"
     assert limited.forwarded >= 1
     assert result.files == len([p for p in snapshot(v2).values() if p[0] == "file"])
-    assert not _leftovers(folder)
+    assert not leftovers(folder)
     cm.stage(f"{limited.name}:ds", tmp_path / "check")
     no_loss(snapshot(v2), snapshot(tmp_path / "check"), "remote after a push through a 429 window")
 
@@ -138,7 +134,7 @@ def test_b_403_user_rate_limit_is_a_clear_quota_error_then_a_retry_succeeds(limi
     except errors.QuotaError as exc:  # what rclone's webdav backend does today: no retry of a 403
         _plain(str(exc), "rate-limiting", "wait", "userRateLimitExceeded")
         assert limited.refused >= 1
-        assert not _leftovers(folder)  # cleaning up needs no upload, so it was not refused
+        assert not leftovers(folder)  # cleaning up needs no upload, so it was not refused
         if where == "at the manifest":
             assert limited.refused_by_method["PUT"] == limited.refused  # only the commit was refused
             limited.clear()  # the rate limit has passed
@@ -149,7 +145,7 @@ def test_b_403_user_rate_limit_is_a_clear_quota_error_then_a_retry_succeeds(limi
         assert limited.refused >= 1
     limited.wait_over()
     cm.push(v2, f"{limited.name}:ds", pack=True, part_size=PART)  # after the window: succeeds
-    assert not _leftovers(folder)
+    assert not leftovers(folder)
     cm.stage(f"{limited.name}:ds", tmp_path / "check", force=True)
     no_loss(snapshot(v2), snapshot(tmp_path / "check"), "remote after the retry")
 
@@ -171,7 +167,7 @@ def test_c_storage_quota_exceeded_names_the_quota_and_leaves_nothing_behind(limi
     assert "wait a few minutes" not in message  # waiting does not empty a full Drive
     assert limited.refused >= 1 and limited.refused_by_method["PUT"] == limited.refused
     assert not runner._live
-    assert not _leftovers(folder)
+    assert not leftovers(folder)
     # the folder on the server's disk is exactly as before: no temporary upload, no new part
     no_loss(on_disk, snapshot(folder), "remote folder after the refused push")
     cm.stage(f"{limited.name}:ds", tmp_path / "check")  # reads still work on a full Drive
@@ -214,7 +210,7 @@ def test_d_persist_sync_refused_reports_error_then_recovers(limited, tmp_path, f
     finally:
         limited.clear()
         p.stop()
-    assert not _leftovers(tmp_path / "dav" / "run")
+    assert not leftovers(tmp_path / "dav" / "run")
     cm.stage(dest, tmp_path / "check")
     no_loss(snapshot(local), snapshot(tmp_path / "check"), "remote after the persist recovered")
 

@@ -195,8 +195,8 @@ def test_multipart_uploads_left_by_killed_runs_are_aborted_by_the_next_run(forei
         pytest.skip("only S3 keeps the unfinished uploads of a killed rclone (invisible, and billed)")
     bucket = foreign.root.split("/", 1)[0]
     stamp = f"{int(time.time()) - 7200:08x}abcdef"
-    ours = [f"ds/.cm-upload-{stamp}/000/part-{stamp}-0000.tar", f".plain.cm-upload-{stamp}/model.ckpt",
-            f"plain.cm-tmp-{stamp}"]  # fmt: skip
+    ours = [f"ds/parts/000/part-{stamp}-0000.tar", f"ds/.cm-upload-{stamp}/000/part-{stamp}-0000.tar",
+            f".plain.cm-upload-{stamp}/model.ckpt", f"plain.cm-tmp-{stamp}"]  # fmt: skip
     neighbours = ["ds2/big.bin", "plain2.cm-tmp-x/big.bin"]  # another tool's uploads: never ours to abort
     for name in ours + neighbours:
         _interrupt_an_upload(remotes.join(foreign.root, name), bucket)
