@@ -136,37 +136,57 @@ class Context:
             except FileNotFoundError:  # a bucket remote: a missing object copies nothing
                 return None
 
-    def read_replaced(self, final: str, rank: Callable[[bytes], float | None], repair: bool) -> bytes | None:
+    def read_replaced(
+        self, final: str, rank: Callable[[bytes], float | None], repair: bool, copies: bool = True
+    ) -> bytes | None:
         """Content of ``final``, a small file written by :meth:`replace`; where it is missing, of its
         temporary copy that ``rank`` ranks highest (None: not a whole copy).  rclone's move deletes the
         old file before it moves the new one in, so a replace cut between the two (a refused request, a
         kill) leaves that copy as the only version, complete and verified.  ``repair`` (a writer): also
-        move it into place and drop the other copies; without it nothing is written (a stage only reads)."""
+        move it into place and drop the other copies; without it nothing is written (a stage only reads).
+        ``copies=False``: the caller looks for copies itself (:meth:`best_copy`), from a listing it needs.
+
+        In a local folder (above all Colab's Drive mount) files of ``final``'s name that Drive holds
+        twice show as ``name (1).ext`` (DriveFS's names for Drive's duplicates; after the first is gone,
+        the other may keep that name: colabtools#6106).  Those are weighed with ``final`` by ``rank``, so
+        a reader never takes an older version for the last one, nor a writer sweep parts it needs."""
         raw = self.read_optional(final)
-        if raw is not None:
+        duplicates = _drive_duplicates(final)
+        if duplicates:
+            why = "Drive holds files of this name"
+            return self.best_copy(final, duplicates, rank, repair, current=raw, why=why)
+        if raw is not None or not copies:
             return raw
         return self.best_copy(final, self._copies(final)[1], rank, repair)
 
     def best_copy(
-        self, final: str, copies: list[str], rank: Callable[[bytes], float | None], repair: bool
+        self,
+        final: str,
+        copies: list[str],
+        rank: Callable[[bytes], float | None],
+        repair: bool,
+        current: bytes | None = None,
+        why: str = "it was missing: a replace was cut short",
     ) -> bytes | None:
-        """Of ``copies`` (names of temporary copies of ``final``, beside it), the content of the whole one
-        that ``rank`` ranks highest, moved into place if ``repair`` (see :meth:`read_replaced`)."""
-        folder = remotes.parent(final)[0]
+        """Of ``current`` (``final``'s content, if any) and ``copies`` (names beside it), the content that
+        ``rank`` ranks highest (whole ones only); with ``repair`` it is moved into place and the copies are
+        dropped (see :meth:`read_replaced`)."""
+        folder, name = remotes.parent(final)
         ranked = []
-        for name in copies:
-            data = self.read_optional(remotes.join(folder, name))
+        for candidate in ([name] if current is not None else []) + copies:
+            data = current if candidate == name else self.read_optional(remotes.join(folder, candidate))
             order = None if data is None else rank(data)
             if order is not None:
-                ranked.append((order, name, data))
+                ranked.append((order, candidate, data))
         if not ranked:
             return None
         _, best, raw = max(ranked)
-        logger.warning("%s was missing: its replacement %s, cut short, is used%s", final, best,
-                       " and moved into place" if repair else "")  # fmt: skip
+        if best != name or len(ranked) > 1:
+            logger.warning("%s: %s; %s is used%s", final, why, best, " and kept alone" if repair else "")
         if repair:
-            self.rc.moveto(remotes.join(folder, best), final, **self.watch)
-            self.drop_copies(final)
+            if best != name:
+                self.rc.moveto(remotes.join(folder, best), final, **self.watch)
+            self._drop(folder, [other for other in copies if other != best])
         return raw
 
     def _copies(self, final: str) -> tuple[str, list[str]]:
@@ -184,10 +204,18 @@ class Context:
         its own or superseded.  Never fails: the stale sweep removes what is left."""
         try:
             folder, copies = self._copies(final)
-            for name in copies:
-                self.rc.deletefile(remotes.join(folder, name), **self.watch)
         except ColabMagicsError as exc:
             logger.debug("copies of %s left to the stale sweep: %s", final, exc)
+            return
+        self._drop(folder, copies)
+
+    def _drop(self, folder: str, names: list[str]) -> None:
+        """Delete ``names`` in ``folder``, with rclone's usual retries; never fails (see :meth:`drop_copies`)."""
+        try:
+            for name in names:
+                self.rc.deletefile(remotes.join(folder, name), **self.watch)
+        except ColabMagicsError as exc:
+            logger.debug("%s in %s left to the stale sweep: %s", names, folder, exc)
 
     def move_over(self, tmp: str, final: str) -> None:
         """Move the verified ``tmp`` over ``final``.  rclone's move deletes ``final`` first; if the
@@ -398,6 +426,21 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
+
+
+def _drive_duplicates(final: str) -> list[str]:
+    """Names beside the local file ``final`` that DriveFS gives files of the same title:
+    ``manifest (1).json`` for ``manifest.json`` (none for a remote path: one listing of a local folder)."""
+    local = remotes.local_path(final)
+    if local is None:
+        return []
+    folder, name = os.path.split(local)
+    stem, ext = os.path.splitext(name)
+    same = re.compile(re.escape(stem) + r" \(\d+\)" + re.escape(ext))
+    try:
+        return sorted(n for n in os.listdir(folder) if same.fullmatch(n))
+    except OSError:
+        return []
 
 
 def copy_prefix(name: str) -> str:

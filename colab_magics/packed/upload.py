@@ -101,7 +101,7 @@ class PackedSync:
         None for a new dataset; refuses a folder of other files.  One listing, only where there is no
         manifest: it also tells whether anything can be left there for the sweep to find."""
         final = remotes.join(self.dest, MANIFEST_NAME)
-        raw = self.ctx.read_optional(final)
+        raw = self.ctx.read_replaced(final, Manifest.generation_of, repair=True, copies=False)
         if raw is None:
             try:
                 existing = self.ctx.rc.lsjson(self.dest, **self.ctx.watch)
