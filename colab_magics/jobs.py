@@ -151,7 +151,7 @@ class Context:
         the other may keep that name: colabtools#6106).  Those are weighed with ``final`` by ``rank``, so
         a reader never takes an older version for the last one, nor a writer sweep parts it needs."""
         raw = self.read_optional(final)
-        duplicates = _drive_duplicates(final)
+        duplicates = drive_duplicates(final)
         if duplicates:
             why = "Drive holds files of this name"
             return self.best_copy(final, duplicates, rank, repair, current=raw, why=why)
@@ -428,19 +428,23 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _drive_duplicates(final: str) -> list[str]:
+def drive_duplicates(final: str) -> list[str]:
     """Names beside the local file ``final`` that DriveFS gives files of the same title:
     ``manifest (1).json`` for ``manifest.json`` (none for a remote path: one listing of a local folder)."""
     local = remotes.local_path(final)
     if local is None:
         return []
     folder, name = os.path.split(local)
-    stem, ext = os.path.splitext(name)
-    same = re.compile(re.escape(stem) + r" \(\d+\)" + re.escape(ext))
     try:
-        return sorted(n for n in os.listdir(folder) if same.fullmatch(n))
+        return sorted(n for n in os.listdir(folder) if n != name and drive_title(n) == name)
     except OSError:
         return []
+
+
+def drive_title(name: str) -> str:
+    """The name a file shown by the Drive mount as ``name`` has on Drive: ``part-1 (2).tar`` -> ``part-1.tar``."""
+    stem, ext = os.path.splitext(name)
+    return re.sub(r" \(\d+\)$", "", stem) + ext
 
 
 def copy_prefix(name: str) -> str:

@@ -156,9 +156,14 @@ class _Stage:
         state = read_json(self.state_file)
         # the walk of what was staged here overlaps the remote's answer (which waits its turn under the
         # remote's request rate): a repeat of unchanged data costs about one round trip, not one plus a walk
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cm-stage-check") as pool:
-            walked = pool.submit(localtree.fingerprint_of, self.dest) if state.get("tree") and not force else None
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cm-stage-check")
+        try:
+            walked = pool.submit(localtree.fingerprint_of, self.dest) if "tree" in state and not force else None
             kind, identity, raw_manifest, size = self.probe()
+        except BaseException:  # a Ctrl-C or a missing source does not wait for the walk of a large folder
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         identity = {"source": self.src, "kind": kind, **identity}
         if (
             not force

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -144,3 +145,17 @@ def test_a_stream_cut_off_is_told_apart_from_data_refused_before_its_end(tmp_pat
 
     with pytest.raises(RcloneError, match="broke off after"):
         ctx.stream(str(tmp_path / "big"), cut)
+
+
+@pytest.mark.parametrize("answer", [b"garbage\r\n\r\n", b"HTTP/1.0 200 OK\r\nContent-Length: many\r\n\r\n{}"])
+def test_an_answer_that_is_not_http_is_a_broken_connection(answer):
+    """Not a ValueError out of the parser: an OSError, which a call reports in one line (and which
+    makes the next call start a new daemon), as a connection cut off is."""
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.sendall(answer)
+        with pytest.raises(OSError, match="not HTTP"):
+            daemon.Body(ours, lambda: None, lambda: None).head()
+    finally:
+        ours.close()
+        theirs.close()

@@ -5,6 +5,8 @@ and after a sync that failed."""
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import re
 
 import pytest
@@ -149,3 +151,22 @@ def test_a_push_to_a_new_name_lists_it_once_and_sweeps_nothing(remote, tmp_path,
     assert moves == ["operations/movefile"]  # the manifest's, into place: no part is moved
     assert len(started.starts) == 1  # the part's upload
     assert cm.stage(dest, tmp_path / "back").files == 3
+
+
+def test_new_parts_are_checked_by_a_listing_of_their_own_names(remote, tmp_path, started):
+    """The listing that checks a sync's new parts asks only for them: where MD5s are computed by reading
+    (a local folder, the Drive mount), the folder's older parts (up to 1,000 of 4 GiB) are not read again."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(1 << 20))
+    dest = remotes.join(remote.root, "ds")
+    cm.push(src, dest, pack=True)
+    (src / "small.txt").write_text("new\n")
+    started.clear()
+    cm.push(src, dest, pack=True)
+    checks = [params for method, params in started.calls
+              if method == "operations/list" and re.search(r"/parts/\d{3}$", params["remote"])]  # fmt: skip
+    assert len(checks) == 1
+    rule = checks[0]["_filter"]["IncludeRule"]
+    new = [p for p in (remote.folder / "ds" / "parts").rglob("part-*") if fnmatch.fnmatch(p.name, rule[0])]
+    assert len(rule) == 1 and len(new) == 1  # the one new part, not the first push's

@@ -44,6 +44,15 @@ def test_repeat_stage_of_unchanged_data_moves_nothing(remote, tmp_path):
     assert snapshot(tmp_path / "dest") == snapshot(src)
 
 
+def test_a_dataset_of_no_files_is_up_to_date_when_staged_again(tmp_path):
+    src = tmp_path / "src"
+    (src / "only" / "folders").mkdir(parents=True)
+    cm.push(src, str(tmp_path / "remote" / "ds"), pack=True)
+    assert not cm.stage(str(tmp_path / "remote" / "ds"), tmp_path / "dest").up_to_date
+    assert cm.stage(str(tmp_path / "remote" / "ds"), tmp_path / "dest").up_to_date
+    assert (tmp_path / "dest" / "only" / "folders").is_dir()
+
+
 def test_incremental_packed_push_keeps_unchanged_parts(remote, tmp_path):
     src = make_tree(tmp_path / "src", small=40, big=2 * PART)
     dest = remotes.join(remote.root, "ds")

@@ -385,7 +385,9 @@ class PackedSync:
         found = {}
         for folder in sorted(_folders({part.name for part in parts})):
             where = remotes.join(self.dest, folder)
-            listing = self.ctx.rc.lsjson(where, files_only=True, hash=hashed, **self.ctx.watch)
+            # only this sync's parts: a folder's older parts would be read again to hash them on a local path
+            mine = f"part-{self.push_id}-*"
+            listing = self.ctx.rc.lsjson(where, files_only=True, hash=hashed, include=mine, **self.ctx.watch)
             found.update({f"{folder}/{remotes.listed_name(e.path)}": e for e in listing})
         for part in parts:
             got = found.get(part.name)

@@ -283,12 +283,15 @@ class Body:
             raw += data
         head, self._pending = raw.split(b"\r\n\r\n", 1)
         lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        length = None
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value.strip())
+        try:
+            status = int(lines[0].split(" ", 2)[1])
+            length = None
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value.strip())
+        except (IndexError, ValueError):  # as a cut connection: the call fails in one line, the daemon restarts
+            raise OSError(f"the rclone daemon's answer is not HTTP: {head[:100]!r}") from None
         return status, length
 
     def read1(self, n: int = 1 << 20, /) -> bytes:

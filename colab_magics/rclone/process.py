@@ -682,14 +682,19 @@ class Rclone:
             raise classify(command, [exc.stderr or str(exc)], [], exc.exit_code or 1) from None
 
     def lsjson(
-        self, folder: str, *, recurse: bool = False, files_only: bool = False, hash: str = "", **kw: Any
+        self, folder: str, *, recurse: bool = False, files_only: bool = False, hash: str = "", include: str = "",
+        **kw: Any,
     ) -> list[output.Entry]:
         """The entries of ``folder`` (``rclone lsjson``), every one checked; paths relative to ``folder``.
-        ``hash``: a hash type to list where the remote keeps it (``md5``)."""
+        ``hash``: a hash type to list where the remote keeps it (``md5``); ``include``: only the names
+        that match this rclone filter pattern (``--include``: a backend that hashes by reading, as a
+        local folder or the Drive mount does, then reads only those)."""
         opt: dict[str, Any] = {"recurse": recurse, "filesOnly": files_only, "noMimeType": True}
         if hash:
             opt.update(showHash=True, hashTypes=[hash])
-        params = {**_at(folder), "opt": opt}
+        params: dict[str, Any] = {**_at(folder), "opt": opt}
+        if include:
+            params["_filter"] = {"IncludeRule": [include]}
         out = self.call("operations/list", params, command="lsjson", path=folder, **kw)
         entries = output.listing(out.get("list"), f"lsjson {log.command_line([folder])}")
         remote = params["remote"]
