@@ -23,7 +23,17 @@ from typing import IO, cast
 
 from .errors import BadInput, RemoteNotFound, UnsafeArchive, VerificationError
 from .events import Direction, EventBus
-from .jobs import Context, HashingReader, Result, read_json, run_job, short_id, state_dir, write_json
+from .jobs import (
+    Context,
+    HashingReader,
+    Result,
+    drive_duplicates,
+    read_json,
+    run_job,
+    short_id,
+    state_dir,
+    write_json,
+)
 from .local import tree as localtree
 from .local.archives import Extractor, check_links_resolve_inside, check_symlink, extract_tar, extract_zip, safe_relpath
 from .local.swap import replace_tree
@@ -306,7 +316,7 @@ class _Stage:
                     raise VerificationError(f"{rel!r} in {where} does not match its manifest hash; re-push the dataset")
                 self.ctx.job.add(done_files=_ends_file((entry, seg)))
 
-        path = remotes.join(self.src, part.name)
+        path = _as_drive_shows(remotes.join(self.src, part.name), part.size)
         try:
             _, reader = self.ctx.stream(path, consume)
         except (RemoteNotFound, VerificationError):
@@ -416,6 +426,21 @@ class _Stage:
                 f"`colab-magics push <local copy> {self.src}.packed --pack` and stage that for a single stream"
             )
         return ""
+
+
+def _as_drive_shows(path: str, size: int) -> str:
+    """``path``, or where it is missing in a local folder (the Drive mount), the file of its size that
+    DriveFS shows under a duplicate's name (``part-... (1).tar``: colabtools#6106); its MD5 is checked
+    as any part's is."""
+    local = remotes.local_path(path)
+    if local is None or os.path.exists(local):
+        return path
+    for name in drive_duplicates(path):
+        other = os.path.join(os.path.dirname(local), name)
+        if os.path.isfile(other) and os.stat(other).st_size == size:
+            logger.warning("%s is missing; the Drive mount shows it as %s", path, name)
+            return other
+    return path
 
 
 def _link_files(old: Path, tree: Path) -> None:

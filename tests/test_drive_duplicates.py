@@ -86,3 +86,24 @@ def test_an_older_duplicate_is_ignored_and_a_persist_restores_the_latest(tmp_pat
     finally:
         persister.stop()
     assert not (dest / "manifest (1).json").exists()  # the writer kept the latest alone
+
+
+def test_a_part_the_mount_shows_under_a_duplicates_name_is_read_and_never_swept(tmp_path, mount, monkeypatch):
+    """After the first of two same-named files is gone, DriveFS may keep showing the other as
+    ``part-... (1).tar``: it is still the part the manifest names.  A stage reads it (its MD5 checked
+    as any part's), and a sync's stale sweep (here with every unnamed part old enough) keeps it."""
+    from colab_magics.packed import upload
+
+    dest = mount / "ds"
+    src, _ = _two_versions(tmp_path, dest)
+    parts = sorted((dest / "parts").rglob("part-*.tar"))
+    shown = parts[0].with_name(parts[0].stem + " (1)" + parts[0].suffix)
+    parts[0].rename(shown)
+    cm.stage(str(dest), tmp_path / "staged")
+    assert snapshot(tmp_path / "staged", modes=False) == snapshot(src, modes=False)
+    monkeypatch.setattr(upload, "STALE_SECONDS", -1.0)
+    (src / "third.txt").write_text("v3\n")
+    cm.push(src, str(dest), pack=True)
+    assert shown.exists()
+    cm.stage(str(dest), tmp_path / "again")
+    assert snapshot(tmp_path / "again", modes=False) == snapshot(src, modes=False)

@@ -36,6 +36,7 @@ from ..jobs import (
     abort_stale_uploads,
     age,
     copy_prefix,
+    drive_title,
     quietly,
     short_id,
     sweep,
@@ -455,7 +456,8 @@ class PackedSync:
         stale = {}
         for entry in listing:
             name = "parts/" + remotes.listed_name(entry.path)
-            if name not in keep and age(name, entry.mod_time, now) > STALE_SECONDS:
+            # a kept part the Drive mount shows as "part-... (1).tar" is that part (colabtools#6106), not stale
+            if name not in keep and drive_title(name) not in keep and age(name, entry.mod_time, now) > STALE_SECONDS:
                 stale[name] = entry.size
         return stale
 
