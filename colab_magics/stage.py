@@ -141,14 +141,16 @@ class _Stage:
             raise RemoteNotFound(f"{self.src} does not exist on the remote; check the name") from None
         if info.is_dir:
             remote = remotes.remote_info(self.ctx.rc, self.src)
-            hashed = remote.hashes[0] if remote.hashes else ""
+            # a local folder (above all the Drive mount, where a read may be a download) hashes by reading
+            # every file, while its times (to the nanosecond; the mount's to the millisecond) show a change
+            hashed = remote.hashes[0] if remote.hashes and remote.type != "local" else ""
             listing = self.ctx.rc.lsjson(self.src, recurse=True, files_only=True, hash=hashed, **self.ctx.watch)
             if not listing:  # bucket remotes show any missing path as an empty folder
                 raise RemoteNotFound(f"{self.src} is empty or does not exist on the remote; check the name")
             rows = sorted((e.path, e.size, e.mod_time, e.hashes) for e in listing)
             self.listed = {remotes.listed_name(row[0]): row[1] for row in rows}
             precise = remote.modtime_precision_s is not None and remote.modtime_precision_s <= 0.001
-            self.hashed = bool(remote.hashes)
+            self.hashed = bool(hashed)
             self.comparable = self.hashed or precise
             # where the remote keeps neither hashes nor precise times, no listing proves a folder unchanged
             # (a same-size rewrite within its time resolution lists the same): never "up to date" there

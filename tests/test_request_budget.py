@@ -170,3 +170,20 @@ def test_new_parts_are_checked_by_a_listing_of_their_own_names(remote, tmp_path,
     rule = checks[0]["_filter"]["IncludeRule"]
     new = [p for p in (remote.folder / "ds" / "parts").rglob("part-*") if fnmatch.fnmatch(p.name, rule[0])]
     assert len(rule) == 1 and len(new) == 1  # the one new part, not the first push's
+
+
+def test_a_local_folder_is_staged_by_its_listing_without_reading_its_files_for_hashes(tmp_path, started):
+    """A folder on a local path (the Drive mount above all, where reading a file may mean downloading it)
+    is compared by size and time, to the nanosecond (the mount's to the millisecond): no listing asks
+    rclone for hashes, which it would compute by reading every file at every repeat."""
+    src = tmp_path / "drive" / "data"
+    src.mkdir(parents=True)
+    for i in range(3):
+        (src / f"f{i}.bin").write_bytes(bytes([i]) * 1000)
+    assert not cm.stage(str(src), tmp_path / "here").up_to_date
+    assert cm.stage(str(src), tmp_path / "here").up_to_date
+    (src / "f1.bin").write_bytes(b"\x09" * 1000)  # same size, rewritten: a new time
+    again = cm.stage(str(src), tmp_path / "here")
+    assert not again.up_to_date and (tmp_path / "here" / "f1.bin").read_bytes() == b"\x09" * 1000
+    lists = [params for method, params in started.calls if method == "operations/list"]
+    assert lists and not [params for params in lists if params["opt"].get("showHash")]
