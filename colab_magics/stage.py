@@ -27,6 +27,7 @@ from .jobs import (
     Context,
     HashingReader,
     Result,
+    copy_prefix,
     drive_duplicates,
     read_json,
     run_job,
@@ -132,7 +133,8 @@ class _Stage:
     def probe(self) -> tuple[str, dict, bytes | None, int]:
         """(kind, identity, manifest, size) of the source; a packed source's manifest as read (parsed
         only if it is fetched: an unchanged one is known by its digest), its size then 0."""
-        raw = self.ctx.read_replaced(remotes.join(self.src, MANIFEST_NAME), Manifest.generation_of, repair=False)
+        final = remotes.join(self.src, MANIFEST_NAME)
+        raw = self.ctx.read_replaced(final, Manifest.generation_of, repair=False, copies=False)
         if raw is not None:
             return "packed", {"manifest": hashlib.sha256(raw).hexdigest()}, raw, 0
         try:
@@ -147,6 +149,11 @@ class _Stage:
             listing = self.ctx.rc.lsjson(self.src, recurse=True, files_only=True, hash=hashed, **self.ctx.watch)
             if not listing:  # bucket remotes show any missing path as an empty folder
                 raise RemoteNotFound(f"{self.src} is empty or does not exist on the remote; check the name")
+            # a packed dataset whose manifest replace was cut: its copy, found in the listing a folder needs
+            copies = [e.path for e in listing if e.path.startswith(copy_prefix(MANIFEST_NAME))]
+            raw = self.ctx.best_copy(final, copies, Manifest.generation_of, repair=False) if copies else None
+            if raw is not None:
+                return "packed", {"manifest": hashlib.sha256(raw).hexdigest()}, raw, 0
             rows = sorted((e.path, e.size, e.mod_time, e.hashes) for e in listing)
             self.listed = {remotes.listed_name(row[0]): row[1] for row in rows}
             precise = remote.modtime_precision_s is not None and remote.modtime_precision_s <= 0.001

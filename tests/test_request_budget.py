@@ -187,3 +187,17 @@ def test_a_local_folder_is_staged_by_its_listing_without_reading_its_files_for_h
     assert not again.up_to_date and (tmp_path / "here" / "f1.bin").read_bytes() == b"\x09" * 1000
     lists = [params for method, params in started.calls if method == "operations/list"]
     assert lists and not [params for params in lists if params["opt"].get("showHash")]
+
+
+def test_a_plain_folder_is_staged_with_one_listing(remote, tmp_path, started):
+    """The look for a cut manifest's copy (a packed dataset whose manifest replace was cut) uses the
+    listing a plain folder needs anyway: one listing a stage, not one more for nothing."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}.bin").write_bytes(bytes([i]) * 1000)
+    dest = remotes.join(remote.root, "plain")
+    cm.push(src, dest)
+    started.clear()
+    assert cm.stage(dest, tmp_path / "here").files == 3
+    assert [params["opt"]["recurse"] for method, params in started.calls if method == "operations/list"] == [True]
