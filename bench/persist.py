@@ -91,7 +91,7 @@ LOG = "train.log"
 HEADER = struct.Struct("<8sQQ")  # magic, version, step (the first 24 bytes of a checkpoint)
 MAGIC = b"CMBENCH1"
 WATCH_INTERVAL = 0.05
-PHASES = ("settled_scan", "_upload_part", "_publish_parts", "_put_manifest", "_remove_unreferenced")
+PHASES = ("settled_scan", "_upload_part", "_verify_parts", "_put_manifest", "_remove_unreferenced")
 REMOTE = "cmbench"  # the webdav remote's name (RCLONE_CONFIG_CMBENCH_*)
 
 
