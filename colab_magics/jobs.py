@@ -24,6 +24,7 @@ from .errors import ColabMagicsError, RcloneError, RemoteNotFound, TransferCance
 from .events import MEANINGFUL_BYTES, Direction, EventBus, Job, Progress
 from .rclone import remotes
 from .rclone.daemon import Body
+from .rclone.output import Entry
 from .rclone.process import Rclone, RcloneProcess
 from .rclone.remotes import remote_info
 from .streams import Readable
@@ -196,7 +197,7 @@ class Context:
             listing = self.rc.lsjson(folder, files_only=True, **self.watch)
         except RemoteNotFound:
             return folder, []
-        return folder, [e.path for e in listing if e.path.startswith(copy_prefix(name))]
+        return folder, copies_in(listing, name)
 
     def drop_copies(self, final: str) -> None:
         """Delete the temporary copies of ``final`` that cut replaces left, with rclone's usual retries
@@ -450,6 +451,11 @@ def drive_title(name: str) -> str:
 def copy_prefix(name: str) -> str:
     """What the temporary copies of ``name`` (a path or a bare name) start with while they go up."""
     return f"{name}.cm-tmp-"
+
+
+def copies_in(listing: list[Entry], name: str) -> list[str]:
+    """The temporary copies of the file ``name`` among the entries of a listing of its folder."""
+    return [e.path for e in listing if not e.is_dir and e.path.startswith(copy_prefix(name))]
 
 
 def short_id() -> str:

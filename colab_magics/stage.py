@@ -27,7 +27,7 @@ from .jobs import (
     Context,
     HashingReader,
     Result,
-    copy_prefix,
+    copies_in,
     drive_duplicates,
     read_json,
     run_job,
@@ -150,7 +150,7 @@ class _Stage:
             if not listing:  # bucket remotes show any missing path as an empty folder
                 raise RemoteNotFound(f"{self.src} is empty or does not exist on the remote; check the name")
             # a packed dataset whose manifest replace was cut: its copy, found in the listing a folder needs
-            copies = [e.path for e in listing if e.path.startswith(copy_prefix(MANIFEST_NAME))]
+            copies = copies_in(listing, MANIFEST_NAME)
             raw = self.ctx.best_copy(final, copies, Manifest.generation_of, repair=False) if copies else None
             if raw is not None:
                 return "packed", {"manifest": hashlib.sha256(raw).hexdigest()}, raw, 0

@@ -129,6 +129,14 @@ def colab(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def mount(tmp_path, monkeypatch) -> Path:
+    """Drive mounted at a fake mount point: a destination there is classed as the mount."""
+    monkeypatch.setenv("COLAB_MAGICS_DRIVE_MOUNT", str(tmp_path / "drive"))
+    (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
+    return tmp_path / "drive" / "MyDrive"
+
+
+@pytest.fixture
 def small_disk(tmp_path):
     """A 24 MiB tmpfs: a disk that fills up (skipped where tmpfs cannot be mounted)."""
     folder = tmp_path / "small-disk"

@@ -20,14 +20,6 @@ from colab_magics.persist import Persister
 from colab_magics.rclone.process import Rclone
 
 
-@pytest.fixture
-def mount(tmp_path, monkeypatch) -> Path:
-    """Drive mounted at a fake mount point: a destination there is classed as the mount."""
-    monkeypatch.setenv("COLAB_MAGICS_DRIVE_MOUNT", str(tmp_path / "drive"))
-    (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
-    return tmp_path / "drive" / "MyDrive"
-
-
 def _two_versions(tmp_path: Path, dest: Path) -> tuple[Path, bytes]:
     """Push v1 then v2 of a folder to ``dest``; returns the folder (at v2) and v1's manifest."""
     src = tmp_path / "src"

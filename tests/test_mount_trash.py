@@ -23,14 +23,6 @@ from colab_magics.rclone.process import Rclone
 CHECKPOINT = 1 << 20
 
 
-@pytest.fixture
-def mount(tmp_path, monkeypatch) -> Path:
-    """Drive mounted at a fake mount point: a destination there is classed as the mount."""
-    monkeypatch.setenv("COLAB_MAGICS_DRIVE_MOUNT", str(tmp_path / "drive"))
-    (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
-    return tmp_path / "drive" / "MyDrive"
-
-
 def _checkpoint(folder: Path, version: int) -> None:
     (folder / "model.pt").write_bytes(bytes([version % 251]) * CHECKPOINT)
 

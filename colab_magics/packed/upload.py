@@ -35,6 +35,7 @@ from ..jobs import (
     Result,
     abort_stale_uploads,
     age,
+    copies_in,
     copy_prefix,
     drive_title,
     quietly,
@@ -109,8 +110,7 @@ class PackedSync:
             except RemoteNotFound:
                 self.nothing_left = True
                 return None
-            copies = [e.path for e in existing if not e.is_dir and e.path.startswith(copy_prefix(MANIFEST_NAME))]
-            raw = self.ctx.best_copy(final, copies, Manifest.generation_of, repair=True)
+            raw = self.ctx.best_copy(final, copies_in(existing, MANIFEST_NAME), Manifest.generation_of, repair=True)
         if raw is not None:
             return Manifest.from_json(raw, self.dest)
         foreign = [e for e in existing if e.path not in _OURS and not e.path.startswith(_TEMPORARY)]
@@ -384,10 +384,9 @@ class PackedSync:
         the remote keeps it): only then may a manifest name them."""
         hashed = "md5" if self.info.md5 else ""
         found = {}
+        mine = f"part-{self.push_id}-*"  # only this sync's: older parts would be read again to hash them locally
         for folder in sorted(_folders({part.name for part in parts})):
             where = remotes.join(self.dest, folder)
-            # only this sync's parts: a folder's older parts would be read again to hash them on a local path
-            mine = f"part-{self.push_id}-*"
             listing = self.ctx.rc.lsjson(where, files_only=True, hash=hashed, include=mine, **self.ctx.watch)
             found.update({f"{folder}/{remotes.listed_name(e.path)}": e for e in listing})
         for part in parts:
